@@ -1,0 +1,203 @@
+"""The replicated log of one replica, as the core sees it.
+
+Theory of operation. The log is a snapshot (everything up to `snapshot_index`,
+compacted) followed by `entries` (indexes snapshot_index+1 .. last_index). Three
+cursors move forward through it, always in this order:
+
+    applied_index <= commit_index <= last_index
+    stable_index  <= last_index
+
+`stable_index` is how far the driver has confirmed persistence; entries past it
+are handed out by `unstable_entries()` and must be persisted before anything the
+same Ready carries is sent. A conflicting append may cut entries past the commit
+index (never at or below it) and pulls `stable_index` back with it.
+
+This module never touches a disk: it is the in-memory picture that the driver
+keeps in step with its storage through Ready/advance.
+"""
+
+from __future__ import annotations
+
+from ringlock.invariant import invariant
+from ringlock.raft.messages import Entry, Snapshot
+
+
+class RaftLog:
+    __slots__ = (
+        "applied_index",
+        "commit_index",
+        "entries",
+        "pending_snapshot",
+        "snapshot",
+        "snapshot_index",
+        "snapshot_term",
+        "stable_index",
+    )
+
+    def __init__(self, snapshot: Snapshot | None = None, entries: list[Entry] | None = None):
+        self.snapshot = snapshot
+        self.snapshot_index = snapshot.meta.index if snapshot else 0
+        self.snapshot_term = snapshot.meta.term if snapshot else 0
+        self.entries: list[Entry] = []
+        self.pending_snapshot: Snapshot | None = None
+        for entry in entries or []:
+            if entry.index <= self.snapshot_index:
+                continue
+            invariant(
+                entry.index == self.last_index() + 1,
+                f"stored log has a gap: entry {entry.index} after {self.last_index()}",
+            )
+            self.entries.append(entry)
+        self.stable_index = self.last_index()
+        self.commit_index = self.snapshot_index
+        self.applied_index = self.snapshot_index
+
+    # -- reading -------------------------------------------------------------------------
+
+    def first_index(self) -> int:
+        return self.snapshot_index + 1
+
+    def last_index(self) -> int:
+        return self.snapshot_index + len(self.entries)
+
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.snapshot_term
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`; None when compacted away or past the end."""
+        offset = index - self.snapshot_index
+        if offset == 0:
+            return self.snapshot_term
+        if 0 < offset <= len(self.entries):
+            return self.entries[offset - 1].term
+        return None
+
+    def match_term(self, index: int, term: int) -> bool:
+        return self.term_at(index) == term
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Raft §5.4.1: a candidate's log is at least as up to date as ours."""
+        my_term = self.last_term()
+        return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
+
+    def entry_at(self, index: int) -> Entry:
+        offset = index - self.snapshot_index
+        invariant(0 < offset <= len(self.entries), f"entry {index} is not in the log")
+        return self.entries[offset - 1]
+
+    def slice(self, low: int, high: int, max_count: int) -> list[Entry]:
+        """Entries [low, high), at most `max_count` of them; low must not be compacted."""
+        invariant(low > self.snapshot_index, f"slice from {low} is compacted")
+        high = min(high, self.last_index() + 1, low + max_count)
+        if high <= low:
+            return []
+        base = self.snapshot_index + 1
+        return self.entries[low - base : high - base]
+
+    def unstable_entries(self) -> list[Entry]:
+        return self.entries[self.stable_index - self.snapshot_index :]
+
+    def apply_limit(self) -> int:
+        """Highest index that may be applied: only committed entries, never beyond."""
+        return self.commit_index
+
+    def next_committed_entries(self, max_count: int) -> list[Entry]:
+        high = self.apply_limit()
+        if self.applied_index >= high:
+            return []
+        return self.slice(self.applied_index + 1, high + 1, max_count)
+
+    def has_next_committed_entries(self) -> bool:
+        return self.applied_index < self.apply_limit()
+
+    # -- changing ------------------------------------------------------------------------
+
+    def append(self, entries: list[Entry]) -> None:
+        """Leader-side append of new entries at the end of the log."""
+        for entry in entries:
+            invariant(
+                entry.index == self.last_index() + 1,
+                f"append of entry {entry.index} after last index {self.last_index()}",
+            )
+            invariant(
+                entry.term >= self.last_term(),
+                f"entry {entry.index} has term {entry.term} below last term {self.last_term()}",
+            )
+            self.entries.append(entry)
+
+    def maybe_append(
+        self, prev_index: int, prev_term: int, commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        """Follower-side append (Raft §5.3). Returns the last index now known to match the
+        leader, or None when the entry before `entries` does not match."""
+        if not self.match_term(prev_index, prev_term):
+            return None
+        last_new = prev_index + len(entries)
+        for position, entry in enumerate(entries):
+            existing = self.term_at(entry.index)
+            if existing is None and entry.index <= self.snapshot_index:
+                continue  # already compacted into our snapshot, hence committed and equal
+            if existing == entry.term:
+                continue
+            invariant(
+                entry.index > self.commit_index,
+                f"conflict at committed index {entry.index} (commit {self.commit_index})",
+            )
+            self._truncate_after(entry.index - 1)
+            self.append(list(entries[position:]))
+            break
+        self.commit_to(min(commit, last_new))
+        return last_new
+
+    def _truncate_after(self, index: int) -> None:
+        invariant(index >= self.snapshot_index, f"truncate at {index} below snapshot")
+        del self.entries[index - self.snapshot_index :]
+        self.stable_index = min(self.stable_index, index)
+
+    def commit_to(self, index: int) -> None:
+        if index <= self.commit_index:
+            return
+        invariant(
+            index <= self.last_index(),
+            f"commit index {index} beyond last index {self.last_index()}",
+        )
+        self.commit_index = index
+
+    def stable_to(self, index: int, term: int) -> None:
+        """The driver persisted entries up to `index`, the last of them of `term`."""
+        if index > self.stable_index and self.term_at(index) == term:
+            self.stable_index = index
+
+    def applied_to(self, index: int) -> None:
+        invariant(
+            index <= self.commit_index or index <= self.apply_limit(),
+            f"applied index {index} beyond commit index {self.commit_index}",
+        )
+        invariant(index >= self.applied_index, "applied index moved backwards")
+        self.applied_index = index
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole log by a snapshot received from the leader."""
+        invariant(
+            snapshot.meta.index > self.commit_index,
+            f"restore of snapshot {snapshot.meta.index} at or below commit {self.commit_index}",
+        )
+        self.snapshot = snapshot
+        self.pending_snapshot = snapshot
+        self.snapshot_index = snapshot.meta.index
+        self.snapshot_term = snapshot.meta.term
+        self.entries = []
+        self.stable_index = snapshot.meta.index
+        self.commit_index = snapshot.meta.index
+        self.applied_index = snapshot.meta.index
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Drop entries up to the snapshot's index; the state machine has applied them."""
+        index = snapshot.meta.index
+        invariant(index <= self.applied_index, f"compact at {index} beyond applied index")
+        invariant(index > self.snapshot_index, f"compact at {index} is not past the snapshot")
+        invariant(self.term_at(index) == snapshot.meta.term, "snapshot term mismatch")
+        del self.entries[: index - self.snapshot_index]
+        self.snapshot = snapshot
+        self.snapshot_index = index
+        self.snapshot_term = snapshot.meta.term
