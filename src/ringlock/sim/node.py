@@ -1,0 +1,223 @@
+"""A simulated node: one Raft replica, its disk and its key-value state machine.
+
+The node is the driver of its Raft core, as the real server will be: it feeds
+messages and ticks in, and carries each Ready out in the documented order
+(persist, send, apply, serve reads, advance). The disk's sync takes simulated
+time; while it runs, the node keeps stepping messages but takes no new Ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ringlock.errors import ProposalDropped
+from ringlock.raft.config import RaftConfig
+from ringlock.raft.core import Raft
+from ringlock.raft.messages import Configuration, EntryKind, Message, MessageType, Ready, Role
+from ringlock.sim.disk import SimDisk
+from ringlock.sim.kv import KVStateMachine, encode_command
+
+if TYPE_CHECKING:
+    from ringlock.sim.cluster import Simulation
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    client: int
+    op_id: int
+    kind: str
+    key: str
+    arg: Any
+
+
+class SimNode:
+    def __init__(
+        self,
+        sim: Simulation,
+        node_id: int,
+        raft_config: RaftConfig,
+        bootstrap: Configuration | None,
+    ) -> None:
+        self.sim = sim
+        self.id = node_id
+        self.raft_config = raft_config
+        self.bootstrap = bootstrap
+        self.disk = SimDisk()
+        self.alive = True
+        self.paused = False
+        self.incarnation = 0
+        self.inbox: list[Message | ClientRequest] = []
+        self._boot()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _boot(self) -> None:
+        durable = self.disk.durable
+        self.incarnation += 1
+        self.raft = Raft(
+            self.raft_config,
+            bootstrap=self.bootstrap,
+            hard_state=durable.hard_state,
+            snapshot=durable.snapshot,
+            entries=list(durable.entries),
+        )
+        self.kv = KVStateMachine()
+        if durable.snapshot is not None:
+            self.kv.restore(durable.snapshot.meta.index, durable.snapshot.data)
+        self.proposals: dict[int, tuple[int, ClientRequest]] = {}
+        self.reads: dict[int, ClientRequest] = {}
+        self.reads_waiting: list[tuple[int, ClientRequest]] = []
+        self.writing: Ready | None = None
+        self.seen_commit = self.raft.log.commit_index
+        self.was_leader = False
+
+    def crash(self) -> None:
+        self.alive = False
+        self.paused = False
+        self.inbox = []
+        self.disk.crash()
+        self.writing = None
+
+    def restart(self) -> None:
+        self.alive = True
+        self._boot()
+
+    # ---------------------------------------------------------------------- inputs
+
+    def tick(self) -> None:
+        self.raft.tick()
+        self.after_input()
+
+    def receive(self, message: Message) -> None:
+        self.raft.step(message)
+        self.after_input()
+
+    def client_request(self, request: ClientRequest) -> None:
+        raft = self.raft
+        if raft.role != Role.LEADER:
+            self.sim.reply(request, "not_leader", raft.leader)
+            return
+        try:
+            if request.kind == "get":
+                raft.read_index(request.op_id)
+                self.reads[request.op_id] = request
+            else:
+                if request.kind == "put":
+                    command = encode_command("put", request.key, request.arg)
+                else:
+                    command = encode_command("cas", request.key, *request.arg)
+                index, term = raft.propose(command)
+                self.proposals[index] = (term, request)
+        except ProposalDropped:
+            self.sim.reply(request, "retry", raft.leader)
+            return
+        self.after_input()
+
+    # --------------------------------------------------------------------- driving
+
+    def after_input(self) -> None:
+        """Check what the last input changed, then carry out Ready batches."""
+        raft = self.raft
+        checker = self.sim.safety
+        if raft.log.commit_index != self.seen_commit:
+            checker.on_commit(raft, self.seen_commit)
+            self.seen_commit = raft.log.commit_index
+        is_leader = raft.role == Role.LEADER
+        if is_leader and not self.was_leader:
+            checker.on_leader(raft)
+        self.was_leader = is_leader
+        if self.writing is None:
+            self._drive()
+
+    def _drive(self) -> None:
+        raft = self.raft
+        while self.writing is None and raft.has_ready():
+            rd = raft.ready()
+            if rd.entries:
+                self.sim.safety.on_entries(raft, rd.entries)
+            self.disk.write(rd.hard_state, rd.snapshot, rd.entries)
+            delay = self.sim.fsync_delay()
+            if self.sim.leader_sends_before_sync and raft.role == Role.LEADER:
+                early = [m for m in rd.messages if m.type == MessageType.APPEND]
+                if early:
+                    rd.messages = [m for m in rd.messages if m.type != MessageType.APPEND]
+                    for message in early:
+                        self.sim.send(message)
+            if delay > 0 and (rd.entries or rd.hard_state is not None or rd.snapshot):
+                self.writing = rd
+                self.sim.schedule_fsync(self, delay)
+                return
+            self._finish(rd)
+
+    def fsync_done(self) -> None:
+        rd = self.writing
+        if rd is None:
+            return
+        self.writing = None
+        self._finish(rd)
+        self._drive()
+
+    def _finish(self, rd: Ready) -> None:
+        raft = self.raft
+        sim = self.sim
+        self.disk.sync()
+        for message in rd.messages:
+            sim.send(message)
+        if rd.snapshot is not None:
+            self.kv.restore(rd.snapshot.meta.index, rd.snapshot.data)
+            self._fail_proposals_up_to(rd.snapshot.meta.index)
+        for entry in rd.committed_entries:
+            sim.safety.on_apply(self.id, entry)
+            data = entry.data if entry.kind == EntryKind.NORMAL else b""
+            result = self.kv.apply(entry.index, data)
+            pending = self.proposals.pop(entry.index, None)
+            if pending is not None:
+                term, request = pending
+                if term == entry.term:
+                    sim.reply(request, "ok", result)
+                else:
+                    sim.reply(request, "retry", raft.leader)
+        for read_state in rd.read_states:
+            request = self.reads.pop(read_state.request_id, None)
+            if request is not None:
+                self.reads_waiting.append((read_state.index, request))
+        for request_id in rd.dropped_reads:
+            request = self.reads.pop(request_id, None)
+            if request is not None:
+                sim.reply(request, "retry", raft.leader)
+        raft.advance(rd)
+        self._serve_reads()
+        self._maybe_compact()
+        if raft.log.commit_index != self.seen_commit:
+            sim.safety.on_commit(raft, self.seen_commit)
+            self.seen_commit = raft.log.commit_index
+        is_leader = raft.role == Role.LEADER
+        if is_leader and not self.was_leader:
+            sim.safety.on_leader(raft)
+        self.was_leader = is_leader
+
+    def _fail_proposals_up_to(self, index: int) -> None:
+        for proposal_index in [i for i in self.proposals if i <= index]:
+            _, request = self.proposals.pop(proposal_index)
+            self.sim.reply(request, "unknown", None)
+
+    def _serve_reads(self) -> None:
+        if not self.reads_waiting:
+            return
+        applied = self.raft.log.applied_index
+        still_waiting = []
+        for index, request in self.reads_waiting:
+            if index <= applied:
+                self.sim.reply(request, "ok", self.kv.get(request.key))
+            else:
+                still_waiting.append((index, request))
+        self.reads_waiting = still_waiting
+
+    def _maybe_compact(self) -> None:
+        log = self.raft.log
+        if log.applied_index - log.snapshot_index >= self.sim.compact_every:
+            self.raft.compact(log.applied_index, self.kv.snapshot())
+            snapshot = log.snapshot
+            assert snapshot is not None
+            self.disk.save_snapshot(snapshot)

@@ -1,0 +1,77 @@
+"""The settings of one simulated run, all drawn from its seed.
+
+Each seed picks its own cluster, network, disk and fault profile, so that many
+seeds cover many corners (TigerBeetle's VOPR does the same).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+US_PER_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    seed: int
+    nodes: int
+    tick_us: int
+    heartbeat_tick: int
+    election_tick: int
+    max_entries_per_append: int
+    max_inflight_appends: int
+    net_delay_min_us: int
+    net_delay_max_us: int
+    drop_rate: float
+    duplicate_rate: float
+    fsync_min_us: int
+    fsync_max_us: int
+    leader_sends_before_sync: bool
+    clients: int
+    keys: int
+    cas_fraction: float
+    get_fraction: float
+    think_us_max: int
+    op_timeout_us: int
+    fault_interval_us: int
+    faults: tuple[str, ...]
+    compact_every: int
+    fault_phase_us: int
+    liveness_phase_us: int
+
+    @staticmethod
+    def from_seed(seed: int, nodes: int, *, faults: tuple[str, ...] | None = None) -> SimParams:
+        rng = random.Random(seed ^ 0x5EED)
+        delay_min = rng.choice([100, 500, 1000, 2000])
+        fsync_min = rng.choice([0, 0, 200, 1000])
+        all_faults = ("crash", "pause", "partition", "transfer", "membership")
+        if faults is None:
+            faults = tuple(f for f in all_faults if rng.random() < 0.7) or ("crash",)
+        return SimParams(
+            seed=seed,
+            nodes=nodes,
+            tick_us=10 * US_PER_MS,
+            heartbeat_tick=rng.choice([1, 1, 2, 3]),
+            election_tick=10,
+            max_entries_per_append=rng.choice([1, 2, 8, 64, 256]),
+            max_inflight_appends=rng.choice([1, 4, 64]),
+            net_delay_min_us=delay_min,
+            net_delay_max_us=delay_min + rng.choice([500, 2000, 10000, 30000]),
+            drop_rate=rng.choice([0.0, 0.01, 0.05, 0.1]),
+            duplicate_rate=rng.choice([0.0, 0.01, 0.05]),
+            fsync_min_us=fsync_min,
+            fsync_max_us=fsync_min + rng.choice([0, 500, 3000, 20000]),
+            leader_sends_before_sync=rng.random() < 0.5,
+            clients=rng.randint(3, 8),
+            keys=rng.randint(1, 8),
+            cas_fraction=rng.choice([0.0, 0.2, 0.4]),
+            get_fraction=rng.choice([0.3, 0.5]),
+            think_us_max=rng.choice([0, 2000, 20000]),
+            op_timeout_us=rng.choice([300, 600, 1000]) * US_PER_MS,
+            fault_interval_us=rng.choice([100, 300, 800]) * US_PER_MS,
+            faults=faults,
+            compact_every=rng.choice([16, 64, 512]),
+            fault_phase_us=rng.choice([2000, 4000]) * US_PER_MS,
+            liveness_phase_us=3000 * US_PER_MS,
+        )

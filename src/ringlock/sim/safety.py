@@ -1,0 +1,108 @@
+"""Raft's safety properties, checked by the simulator after every step.
+
+Each check is incremental, so it costs O(1) per entry rather than a scan of
+every log after every event:
+
+  election safety     at most one leader per term (a map term -> leader);
+  log matching        every copy of the entry (index, term) carries the same data
+                      and follows the same previous term, so by induction two logs
+                      that share an (index, term) are identical up to it;
+  leader completeness a new leader's log holds the last committed entry
+                      (and, by log matching, every committed entry before it);
+  state machine safety every entry ever committed or applied at an index is the
+                      same entry everywhere and for ever.
+"""
+
+from __future__ import annotations
+
+from ringlock.raft.core import Raft
+from ringlock.raft.messages import Entry
+
+
+class SafetyViolation(Exception):
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+class SafetyChecker:
+    __slots__ = ("committed", "entry_shapes", "leaders", "max_committed")
+
+    def __init__(self) -> None:
+        self.leaders: dict[int, int] = {}
+        self.entry_shapes: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        self.committed: dict[int, int] = {}
+        self.max_committed = 0
+
+    def on_leader(self, raft: Raft) -> None:
+        known = self.leaders.setdefault(raft.term, raft.id)
+        if known != raft.id:
+            raise SafetyViolation(
+                "election safety",
+                f"term {raft.term} has two leaders: node {known} and node {raft.id}",
+            )
+        index = self.max_committed
+        if index == 0:
+            return
+        if raft.log.last_index() < index:
+            raise SafetyViolation(
+                "leader completeness",
+                f"node {raft.id} leads term {raft.term} with last index "
+                f"{raft.log.last_index()} but index {index} is committed",
+            )
+        term = raft.log.term_at(index)
+        expected = self.committed.get(index)
+        if term is not None and expected is not None and term != expected:
+            raise SafetyViolation(
+                "leader completeness",
+                f"node {raft.id} leads term {raft.term} with term {term} at index {index}, "
+                f"committed with term {expected}",
+            )
+
+    def on_entries(self, raft: Raft, entries: list[Entry]) -> None:
+        """Entries a node is about to persist."""
+        shapes = self.entry_shapes
+        for entry in entries:
+            prev_term = raft.log.term_at(entry.index - 1)
+            shape = (entry.data, int(entry.kind), -1 if prev_term is None else prev_term)
+            known = shapes.setdefault((entry.index, entry.term), shape)
+            if known is shape:
+                continue
+            if known[0] != shape[0] or known[1] != shape[1] or (
+                known[2] != shape[2] and -1 not in (known[2], shape[2])
+            ):
+                raise SafetyViolation(
+                    "log matching",
+                    f"node {raft.id} holds entry ({entry.index}, term {entry.term}) unlike "
+                    f"another copy: {shape!r} vs {known!r}",
+                )
+
+    def on_commit(self, raft: Raft, old_commit: int) -> None:
+        """A node's commit index moved from old_commit to raft.log.commit_index."""
+        log = raft.log
+        committed = self.committed
+        for index in range(max(old_commit, log.snapshot_index) + 1, log.commit_index + 1):
+            term = log.term_at(index)
+            if term is None:
+                continue
+            known = committed.setdefault(index, term)
+            if known != term:
+                raise SafetyViolation(
+                    "state machine safety",
+                    f"node {raft.id} committed term {term} at index {index}, "
+                    f"which was committed with term {known}",
+                )
+        if log.commit_index > self.max_committed:
+            self.max_committed = log.commit_index
+
+    def on_apply(self, node_id: int, entry: Entry) -> None:
+        known = self.committed.get(entry.index)
+        if known is not None and known != entry.term:
+            raise SafetyViolation(
+                "state machine safety",
+                f"node {node_id} applied term {entry.term} at index {entry.index}, "
+                f"committed with term {known}",
+            )
+        if known is None:
+            self.committed[entry.index] = entry.term
