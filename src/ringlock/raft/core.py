@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from ringlock.errors import (
     ConfChangeInProgress,
+    InvariantViolation,
     NotLeaderError,
     ProposalDropped,
     TransferInProgress,
@@ -106,14 +107,14 @@ class Raft:
         self.vote = 0
         self._restore_hard_state(hard_state or HardState())
         self._persisted_hard_state = HardState(self.term, self.vote, self.log.commit_index)
+        self.role = Role.FOLLOWER
+        self.leader = 0
         self._bootstrap = bootstrap or Configuration(frozenset())
         self.configuration = self._bootstrap
         self.conf_index = 0
         self._conf_term = 0
         self._reload_configuration()
 
-        self.role = Role.FOLLOWER
-        self.leader = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._randomized_election_timeout = 0
@@ -329,7 +330,8 @@ class Raft:
     # --------------------------------------------------------------------------- step
 
     def step(self, m: Message) -> None:
-        invariant(m.to == self.id, f"message for {m.to} stepped into {self.id}")
+        if m.to != self.id:
+            raise InvariantViolation(f"message for {m.to} stepped into {self.id}")
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 in_lease = (
@@ -488,9 +490,10 @@ class Raft:
             pr.become_replicate()
         elif pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot:
             pr.become_replicate()
-        if self._maybe_commit():
-            self._pending_broadcast = True
-        elif was_paused:
+        # A new commit index reaches followers with the next append or heartbeat.
+        if self._maybe_commit() and self.role != Role.LEADER:
+            return  # the commit removed this leader from the group
+        if was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
             pass
@@ -589,8 +592,8 @@ class Raft:
 
     def _self_acknowledge(self, index: int) -> None:
         pr = self.progress.get(self.id)
-        if pr is not None and pr.maybe_update(index) and self._maybe_commit():
-            self._pending_broadcast = True
+        if pr is not None and pr.maybe_update(index):
+            self._maybe_commit()
 
     # ----------------------------------------------------------------- user requests
 
@@ -734,6 +737,7 @@ class Raft:
         self._msgs.append(m)
 
     def _flush(self) -> None:
+        """Send what proposals and reads gathered since the last Ready, batched."""
         if self.role == Role.LEADER:
             if self._pending_broadcast:
                 self._pending_broadcast = False
@@ -741,38 +745,53 @@ class Raft:
             if self._reads_to_register:
                 self._register_reads()
 
-    def _hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.commit_index)
-
     def has_ready(self) -> bool:
-        self._flush()
+        if self.role == Role.LEADER:
+            self._flush()
+        if self._msgs:
+            return True
+        log = self.log
+        persisted = self._persisted_hard_state
+        soft = self._soft_state
         return bool(
-            self._msgs
-            or self.log.stable_index < self.log.last_index()
-            or self.log.pending_snapshot is not None
-            or self.log.has_next_committed_entries()
+            log.stable_index < log.last_index()
+            or log.pending_snapshot is not None
+            or log.applied_index < log.apply_limit()
             or self._read_states
             or self._dropped_reads
-            or self._hard_state() != self._persisted_hard_state
-            or self._soft_state != SoftState(self.leader, self.role)
+            or persisted.commit != log.commit_index
+            or persisted.term != self.term
+            or persisted.vote != self.vote
+            or soft.leader != self.leader
+            or soft.role != self.role
         )
 
     def ready(self) -> Ready:
         invariant(not self._ready_outstanding, "ready() called before advance()")
         self._flush()
+        log = self.log
         rd = Ready()
-        hard_state = self._hard_state()
-        if hard_state != self._persisted_hard_state:
-            rd.hard_state = hard_state
-        rd.entries = self.log.unstable_entries()
-        rd.snapshot = self.log.pending_snapshot
-        rd.committed_entries = self.log.next_committed_entries(MAX_APPLY_BATCH)
-        rd.messages, self._msgs = self._msgs, []
-        rd.read_states, self._read_states = self._read_states, []
-        rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
-        soft = SoftState(self.leader, self.role)
-        if soft != self._soft_state:
-            rd.soft_state = self._soft_state = soft
+        persisted = self._persisted_hard_state
+        if (
+            persisted.commit != log.commit_index
+            or persisted.term != self.term
+            or persisted.vote != self.vote
+        ):
+            rd.hard_state = HardState(self.term, self.vote, log.commit_index)
+        if log.stable_index < log.last_index():
+            rd.entries = log.unstable_entries()
+        rd.snapshot = log.pending_snapshot
+        if log.applied_index < log.apply_limit():
+            rd.committed_entries = log.next_committed_entries(MAX_APPLY_BATCH)
+        if self._msgs:
+            rd.messages, self._msgs = self._msgs, []
+        if self._read_states:
+            rd.read_states, self._read_states = self._read_states, []
+        if self._dropped_reads:
+            rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
+        soft = self._soft_state
+        if soft.leader != self.leader or soft.role != self.role:
+            rd.soft_state = self._soft_state = SoftState(self.leader, self.role)
         self._ready_outstanding = True
         return rd
 
@@ -787,7 +806,9 @@ class Raft:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
         if rd.committed_entries:
-            self.log.applied_to(rd.committed_entries[-1].index)
+            last_applied = rd.committed_entries[-1].index
+            if last_applied > self.log.applied_index:  # else a snapshot came in meanwhile
+                self.log.applied_to(last_applied)
         if self.role == Role.LEADER:
             self._self_acknowledge(self.log.stable_index)
         self._check_invariants()

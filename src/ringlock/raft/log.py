@@ -18,6 +18,7 @@ keeps in step with its storage through Ready/advance.
 
 from __future__ import annotations
 
+from ringlock.errors import InvariantViolation
 from ringlock.invariant import invariant
 from ringlock.raft.messages import Entry, Snapshot
 
@@ -82,12 +83,14 @@ class RaftLog:
 
     def entry_at(self, index: int) -> Entry:
         offset = index - self.snapshot_index
-        invariant(0 < offset <= len(self.entries), f"entry {index} is not in the log")
+        if not 0 < offset <= len(self.entries):
+            raise InvariantViolation(f"entry {index} is not in the log")
         return self.entries[offset - 1]
 
     def slice(self, low: int, high: int, max_count: int) -> list[Entry]:
         """Entries [low, high), at most `max_count` of them; low must not be compacted."""
-        invariant(low > self.snapshot_index, f"slice from {low} is compacted")
+        if low <= self.snapshot_index:
+            raise InvariantViolation(f"slice from {low} is compacted")
         high = min(high, self.last_index() + 1, low + max_count)
         if high <= low:
             return []
@@ -114,16 +117,16 @@ class RaftLog:
 
     def append(self, entries: list[Entry]) -> None:
         """Leader-side append of new entries at the end of the log."""
+        log_entries = self.entries
         for entry in entries:
-            invariant(
-                entry.index == self.last_index() + 1,
-                f"append of entry {entry.index} after last index {self.last_index()}",
-            )
-            invariant(
-                entry.term >= self.last_term(),
-                f"entry {entry.index} has term {entry.term} below last term {self.last_term()}",
-            )
-            self.entries.append(entry)
+            last_index = self.snapshot_index + len(log_entries)
+            last_term = log_entries[-1].term if log_entries else self.snapshot_term
+            if entry.index != last_index + 1 or entry.term < last_term:
+                raise InvariantViolation(
+                    f"append of entry ({entry.index}, term {entry.term}) after "
+                    f"({last_index}, term {last_term})"
+                )
+            log_entries.append(entry)
 
     def maybe_append(
         self, prev_index: int, prev_term: int, commit: int, entries: tuple[Entry, ...]
@@ -157,10 +160,8 @@ class RaftLog:
     def commit_to(self, index: int) -> None:
         if index <= self.commit_index:
             return
-        invariant(
-            index <= self.last_index(),
-            f"commit index {index} beyond last index {self.last_index()}",
-        )
+        if index > self.last_index():
+            raise InvariantViolation(f"commit index {index} beyond last index {self.last_index()}")
         self.commit_index = index
 
     def stable_to(self, index: int, term: int) -> None:
@@ -169,10 +170,8 @@ class RaftLog:
             self.stable_index = index
 
     def applied_to(self, index: int) -> None:
-        invariant(
-            index <= self.commit_index or index <= self.apply_limit(),
-            f"applied index {index} beyond commit index {self.commit_index}",
-        )
+        if index > self.apply_limit():
+            raise InvariantViolation(f"applied index {index} beyond commit {self.commit_index}")
         invariant(index >= self.applied_index, "applied index moved backwards")
         self.applied_index = index
 

@@ -31,11 +31,13 @@ from ringlock.sim.node import ClientRequest, SimNode
 from ringlock.sim.params import US_PER_MS, SimParams
 from ringlock.sim.safety import SafetyChecker, SafetyViolation
 
-TICK, DELIVER, FSYNC, ARRIVE, REPLY, NEXT_OP, OP_TIMEOUT, FAULT, HEAL, OPERATOR, PHASE = range(11)
+(TICK, DELIVER, FSYNC, ARRIVE, REPLY, NEXT_OP, OP_TIMEOUT, FAULT, HEAL, OPERATOR, PHASE,
+ DRIVE) = range(12)
 EVENT_NAMES = (
     "tick", "deliver", "fsync", "client->node", "node->client", "next-op", "op-timeout",
-    "fault", "heal", "operator", "phase",
+    "fault", "heal", "operator", "phase", "drive",
 )
+TIMEOUT_SWEEP_US = 10 * US_PER_MS
 MAX_EVENTS = 5_000_000
 """A run that needs more events than this is stopped and reported: loops are bounded."""
 
@@ -50,6 +52,7 @@ class ClientState:
     arg: Any = None
     call: int = 0
     active: bool = False
+    deadline: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +74,8 @@ class Simulation:
         self.compact_every = params.compact_every
         self.drop_rate = params.drop_rate
         self.duplicate_rate = params.duplicate_rate
+        self.reorder_rate = params.reorder_rate
+        self.link_clock: dict[tuple[int, int], int] = {}
         self.fault_log: list[str] = []
         voters = frozenset(range(1, params.nodes + 1))
         self.nodes: dict[int, SimNode] = {}
@@ -112,13 +117,18 @@ class Simulation:
         p = self.params
         if p.fsync_max_us == 0:
             return 0
-        return self.rng.randint(p.fsync_min_us, p.fsync_max_us)
+        return p.fsync_min_us + int(self.rng.random() * (p.fsync_max_us - p.fsync_min_us + 1))
+
+    def schedule_drive(self, node: SimNode) -> None:
+        """The node's event loop handles its Ready once per turn, batching what arrived."""
+        self._push(self.now + self.params.loop_turn_us, DRIVE, node.id, node.incarnation)
 
     def schedule_fsync(self, node: SimNode, delay: int) -> None:
         self._push(self.now + delay, FSYNC, node.id, node.incarnation)
 
     def _link_delay(self) -> int:
-        return self.rng.randint(self.params.net_delay_min_us, self.params.net_delay_max_us)
+        low = self.params.net_delay_min_us
+        return low + int(self.rng.random() * (self.params.net_delay_max_us - low + 1))
 
     def send(self, message: Message) -> None:
         if (message.frm, message.to) in self.blocked or message.to not in self.nodes:
@@ -126,7 +136,14 @@ class Simulation:
         rng = self.rng
         if self.drop_rate and rng.random() < self.drop_rate:
             return
-        self._push(self.now + self._link_delay(), DELIVER, message)
+        link = (message.frm, message.to)
+        at = self.now + self._link_delay()
+        if self.reorder_rate and rng.random() < self.reorder_rate:
+            self._push(at, DELIVER, message)  # overtakes or falls behind its neighbours
+        else:
+            at = max(at, self.link_clock.get(link, 0))  # in order, as on one TCP stream
+            self.link_clock[link] = at
+            self._push(at, DELIVER, message)
         if self.duplicate_rate and rng.random() < self.duplicate_rate:
             self._push(self.now + self._link_delay(), DELIVER, message)
 
@@ -139,6 +156,7 @@ class Simulation:
         p = self.params
         self._push(p.fault_interval_us, FAULT, None)
         self._push(p.fault_phase_us, PHASE, "heal")
+        self._push(TIMEOUT_SWEEP_US, OP_TIMEOUT, None)
         for client in self.clients:
             self._push(self.rng.randrange(10 * US_PER_MS), NEXT_OP, client.id)
         end = p.fault_phase_us + p.liveness_phase_us
@@ -164,9 +182,16 @@ class Simulation:
             elif kind == DELIVER:
                 trace.append((at, kind, a, b))
                 self._deliver(a)
+            elif kind == DRIVE:
+                node = nodes[a]
+                if node.alive and node.incarnation == b:
+                    node.drive_due()
             else:
                 trace.append((at, kind, a, b))
                 self._dispatch(kind, a, b)
+        for client in self.clients:
+            if client.active:  # still in flight at the end: it may yet take effect
+                self._record(client, None, None)
         self._check_liveness()
 
     def _deliver(self, message: Message) -> None:
@@ -206,7 +231,7 @@ class Simulation:
             if client.active and client.op_id == b:
                 self._send_request(client)
         elif kind == OP_TIMEOUT:
-            self._op_timeout(self.clients[a - 1], b)
+            self._sweep_timeouts()
         elif kind == FAULT:
             if self.faults_on:
                 self._inject_fault()
@@ -237,8 +262,8 @@ class Simulation:
             client.kind, client.arg = "put", self.op_counter
         client.call = self.now
         client.active = True
+        client.deadline = self.now + p.op_timeout_us
         self._send_request(client)
-        self._push(self.now + p.op_timeout_us, OP_TIMEOUT, client.id, client.op_id)
 
     def _send_request(self, client: ClientState) -> None:
         request = ClientRequest(client.id, client.op_id, client.kind, client.key, client.arg)
@@ -295,12 +320,18 @@ class Simulation:
                    result=result if ret is not None else None, call=client.call, ret=ret)
             )
         think = self.rng.randint(0, self.params.think_us_max) if self.params.think_us_max else 0
-        self._push(self.now + think, NEXT_OP, client.id)
+        if think:
+            self._push(self.now + think, NEXT_OP, client.id)
+        else:
+            self._start_op(client)
 
-    def _op_timeout(self, client: ClientState, op_id: int) -> None:
-        if client.active and client.op_id == op_id:
-            self._record(client, None, None)
-            client.leader_guess = self._random_member()
+    def _sweep_timeouts(self) -> None:
+        """One timer for all clients: an op past its deadline has an unknown outcome."""
+        for client in self.clients:
+            if client.active and client.deadline <= self.now:
+                client.leader_guess = self._random_member()
+                self._record(client, None, None)
+        self._push(self.now + TIMEOUT_SWEEP_US, OP_TIMEOUT, None)
 
     # ---------------------------------------------------------------------- faults
 
@@ -389,13 +420,17 @@ class Simulation:
             elif isinstance(item, ClientRequest):
                 node.client_request(item)
             elif item[1] == node.incarnation:
-                node.fsync_done()
+                if item[0] == "fsync":
+                    node.fsync_done()
+                else:
+                    node.drive_due()
 
     def _heal_all(self) -> None:
         self.faults_on = False
         self.blocked = set()
         self.drop_rate = 0.0
         self.duplicate_rate = 0.0
+        self.reorder_rate = 0.0
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             if node_id in self.retired:

@@ -69,6 +69,7 @@ class SimNode:
         self.reads: dict[int, ClientRequest] = {}
         self.reads_waiting: list[tuple[int, ClientRequest]] = []
         self.writing: Ready | None = None
+        self.drive_scheduled = False
         self.seen_commit = self.raft.log.commit_index
         self.was_leader = False
 
@@ -127,7 +128,15 @@ class SimNode:
         if is_leader and not self.was_leader:
             checker.on_leader(raft)
         self.was_leader = is_leader
-        if self.writing is None:
+        if self.writing is None and not self.drive_scheduled:
+            self.drive_scheduled = True
+            self.sim.schedule_drive(self)
+
+    def drive_due(self) -> None:
+        self.drive_scheduled = False
+        if self.paused:
+            self.inbox.append(("drive", self.incarnation))
+        elif self.writing is None:
             self._drive()
 
     def _drive(self) -> None:

@@ -25,6 +25,10 @@ class SimParams:
     net_delay_max_us: int
     drop_rate: float
     duplicate_rate: float
+    reorder_rate: float
+    """Messages of one link arrive in order (as on TCP) except this fraction."""
+    loop_turn_us: int
+    """Time from an input to the node handling its Ready: inputs within it are batched."""
     fsync_min_us: int
     fsync_max_us: int
     leader_sends_before_sync: bool
@@ -44,6 +48,7 @@ class SimParams:
     def from_seed(seed: int, nodes: int, *, faults: tuple[str, ...] | None = None) -> SimParams:
         rng = random.Random(seed ^ 0x5EED)
         delay_min = rng.choice([100, 500, 1000, 2000])
+        clients = rng.choice([4, 8, 16, 32])
         fsync_min = rng.choice([0, 0, 200, 1000])
         all_faults = ("crash", "pause", "partition", "transfer", "membership")
         if faults is None:
@@ -57,17 +62,19 @@ class SimParams:
             max_entries_per_append=rng.choice([1, 2, 8, 64, 256]),
             max_inflight_appends=rng.choice([1, 4, 64]),
             net_delay_min_us=delay_min,
-            net_delay_max_us=delay_min + rng.choice([500, 2000, 10000, 30000]),
+            net_delay_max_us=delay_min + rng.choice([500, 1000, 2000, 5000, 30000]),
             drop_rate=rng.choice([0.0, 0.01, 0.05, 0.1]),
             duplicate_rate=rng.choice([0.0, 0.01, 0.05]),
+            reorder_rate=rng.choice([0.0, 0.01, 0.1, 1.0]),
+            loop_turn_us=rng.choice([20, 100, 500]),
             fsync_min_us=fsync_min,
             fsync_max_us=fsync_min + rng.choice([0, 500, 3000, 20000]),
             leader_sends_before_sync=rng.random() < 0.5,
-            clients=rng.randint(3, 8),
-            keys=rng.randint(1, 8),
+            clients=clients,
+            keys=max(1, clients // rng.choice([1, 2, 4, 8])),
             cas_fraction=rng.choice([0.0, 0.2, 0.4]),
             get_fraction=rng.choice([0.3, 0.5]),
-            think_us_max=rng.choice([0, 2000, 20000]),
+            think_us_max=rng.choice([0, 0, 1000]),
             op_timeout_us=rng.choice([300, 600, 1000]) * US_PER_MS,
             fault_interval_us=rng.choice([100, 300, 800]) * US_PER_MS,
             faults=faults,

@@ -7,8 +7,10 @@ every log after every event:
   log matching        every copy of the entry (index, term) carries the same data
                       and follows the same previous term, so by induction two logs
                       that share an (index, term) are identical up to it;
-  leader completeness a new leader's log holds the last committed entry
-                      (and, by log matching, every committed entry before it);
+  leader completeness a new leader of term T holds the last entry committed
+                      under a leader of a term before T (and, by log matching,
+                      every entry before it); a leader of a lower term elected
+                      later in real time owes nothing to a higher term;
   state machine safety every entry ever committed or applied at an index is the
                       same entry everywhere and for ever.
 """
@@ -27,13 +29,14 @@ class SafetyViolation(Exception):
 
 
 class SafetyChecker:
-    __slots__ = ("committed", "entry_shapes", "leaders", "max_committed")
+    __slots__ = ("committed", "committed_by_term", "entry_shapes", "leaders")
 
     def __init__(self) -> None:
         self.leaders: dict[int, int] = {}
         self.entry_shapes: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         self.committed: dict[int, int] = {}
-        self.max_committed = 0
+        self.committed_by_term: dict[int, int] = {}
+        """Highest index known committed by a node in each term."""
 
     def on_leader(self, raft: Raft) -> None:
         known = self.leaders.setdefault(raft.term, raft.id)
@@ -42,7 +45,9 @@ class SafetyChecker:
                 "election safety",
                 f"term {raft.term} has two leaders: node {known} and node {raft.id}",
             )
-        index = self.max_committed
+        index = max(
+            (i for term, i in self.committed_by_term.items() if term < raft.term), default=0
+        )
         if index == 0:
             return
         if raft.log.last_index() < index:
@@ -93,8 +98,8 @@ class SafetyChecker:
                     f"node {raft.id} committed term {term} at index {index}, "
                     f"which was committed with term {known}",
                 )
-        if log.commit_index > self.max_committed:
-            self.max_committed = log.commit_index
+        if log.commit_index > self.committed_by_term.get(raft.term, 0):
+            self.committed_by_term[raft.term] = log.commit_index
 
     def on_apply(self, node_id: int, entry: Entry) -> None:
         known = self.committed.get(entry.index)
