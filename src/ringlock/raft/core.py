@@ -486,9 +486,9 @@ class Raft:
         was_paused = pr.is_paused(self.config.max_inflight_appends)
         if not pr.maybe_update(m.index):
             return
-        if pr.state == ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot:
+        if pr.state == ProgressState.PROBE or (
+            pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot
+        ):
             pr.become_replicate()
         # A new commit index reaches followers with the next append or heartbeat.
         if self._maybe_commit() and self.role != Role.LEADER:

@@ -17,6 +17,7 @@ history is checked for linearizability.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 from collections import deque
@@ -76,7 +77,8 @@ class Simulation:
         self.duplicate_rate = params.duplicate_rate
         self.reorder_rate = params.reorder_rate
         self.link_clock: dict[tuple[int, int], int] = {}
-        self.fault_log: list[str] = []
+        self.timeline: list[tuple[int, str]] = []
+        """Notable moments (faults, healing, new leaders), for reports and the demo."""
         voters = frozenset(range(1, params.nodes + 1))
         self.nodes: dict[int, SimNode] = {}
         for node_id in sorted(voters):
@@ -93,6 +95,9 @@ class Simulation:
         self.op_counter = 0
 
     # ------------------------------------------------------------------ scheduling
+
+    def note(self, text: str) -> None:
+        self.timeline.append((self.now, text))
 
     def _push(self, at: int, kind: int, a: Any, b: Any = None) -> None:
         self._seq += 1
@@ -344,23 +349,23 @@ class Simulation:
         heal_after = rng.randint(10, 1500) * US_PER_MS
         if fault == "crash" and self.nodes[victim].alive:
             self.nodes[victim].crash()
-            self.fault_log.append(f"{self.now}: crash node {victim}")
+            self.note(f"crash node {victim}")
             self._push(self.now + heal_after, HEAL, "restart", victim)
         elif fault == "pause" and self.nodes[victim].alive and not self.nodes[victim].paused:
             self.nodes[victim].paused = True
-            self.fault_log.append(f"{self.now}: pause node {victim}")
+            self.note(f"pause node {victim}")
             self._push(self.now + heal_after, HEAL, "resume", victim)
         elif fault == "partition":
             cut = self._partition(live, victim)
             self.blocked |= cut
-            self.fault_log.append(f"{self.now}: partition {sorted(cut)}")
+            self.note(f"partition {_describe_cut(cut)}")
             self._push(self.now + heal_after, HEAL, "unblock", frozenset(cut))
         elif fault == "transfer":
             leader = self._leader()
             if leader is not None and victim != leader.id:
                 try:
                     leader.raft.transfer_leadership(victim)
-                    self.fault_log.append(f"{self.now}: transfer {leader.id} -> {victim}")
+                    self.note(f"transfer {leader.id} -> {victim}")
                     leader.after_input()
                 except ProposalDropped:
                     pass
@@ -400,12 +405,16 @@ class Simulation:
             node = self.nodes[target]
             if not node.alive and target not in self.retired:
                 node.restart()
+                self.note(f"restart node {target}")
                 self._push(self.now + self.rng.randrange(self.params.tick_us), TICK, target,
                            node.incarnation)
         elif action == "resume":
+            if self.nodes[target].paused:
+                self.note(f"resume node {target}")
             self._resume(self.nodes[target])
         elif action == "unblock":
             self.blocked -= target
+            self.note(f"heal partition {_describe_cut(target)}")
 
     def _resume(self, node: SimNode) -> None:
         if not node.paused:
@@ -439,7 +448,7 @@ class Simulation:
                 self._heal("restart", node_id)
             elif node.paused:
                 self._resume(node)
-        self.fault_log.append(f"{self.now}: heal all")
+        self.note(f"heal all")
 
     def _leader(self) -> SimNode | None:
         best: SimNode | None = None
@@ -457,10 +466,9 @@ class Simulation:
         """Replace one voter by a new node: add learner, catch up, promote, remove."""
         leader = self._leader()
         if leader is not None:
-            try:
+            # ProposalDropped: a change is still pending, or leadership moved: try later.
+            with contextlib.suppress(ProposalDropped):
                 self._operator_step(leader)
-            except ProposalDropped:
-                pass  # a change is still pending, or leadership moved: try again later
             leader.after_input()
         if self.operator_step:
             self._push(self.now + 50 * US_PER_MS, OPERATOR, None)
@@ -475,7 +483,7 @@ class Simulation:
             self._add_node(self.newcomer, None)
             self.operator_step = 2
             raft.propose_conf_change("add_learner", self.newcomer)
-            self.fault_log.append(f"{self.now}: add learner {self.newcomer}")
+            self.note(f"add learner {self.newcomer}")
         elif step == 2:
             if self.newcomer not in conf.members:
                 self._retire(self.newcomer)  # the change was lost with its leader
@@ -484,7 +492,7 @@ class Simulation:
                 self.operator_step = 3
             elif raft.progress[self.newcomer].match_index >= raft.log.commit_index:
                 raft.propose_conf_change("promote", self.newcomer)
-                self.fault_log.append(f"{self.now}: promote {self.newcomer}")
+                self.note(f"promote {self.newcomer}")
         elif step == 3:
             if self.newcomer not in conf.voters:
                 self.operator_step = 2
@@ -492,7 +500,7 @@ class Simulation:
                 self.victim = self.rng.choice(sorted(conf.voters - {self.newcomer}))
                 self.operator_step = 4
                 raft.propose_conf_change("remove", self.victim)
-                self.fault_log.append(f"{self.now}: remove {self.victim}")
+                self.note(f"remove {self.victim}")
         elif step == 4:
             if self.victim in conf.members:
                 self.operator_step = 3
@@ -530,3 +538,15 @@ class Simulation:
                 text = f"{EVENT_NAMES[kind]} {a!r} {b!r}"
             lines.append(f"t={at / 1000:.3f}ms {text}")
         return lines
+
+
+def _describe_cut(cut: set[tuple[int, int]] | frozenset[tuple[int, int]]) -> str:
+    """'1<->2, 1->3 cut' style: both directions once, one-way links with an arrow."""
+    parts = []
+    for a, b in sorted(cut):
+        if (b, a) in cut:
+            if a < b:
+                parts.append(f"{a}<->{b}")
+        else:
+            parts.append(f"{a}->{b}")
+    return ", ".join(parts) + " cut"

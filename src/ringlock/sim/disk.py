@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ringlock.errors import InvariantViolation
 from ringlock.raft.messages import Entry, HardState, Snapshot
 
 
@@ -26,12 +27,9 @@ class DurableState:
         base = self.snapshot.meta.index if self.snapshot else 0
         keep = max(0, first - base - 1)
         del self.entries[keep:]
-        if self.entries:
-            expected = self.entries[-1].index + 1
-        else:
-            expected = base + 1
+        expected = self.entries[-1].index + 1 if self.entries else base + 1
         if first > expected:
-            raise AssertionError(f"disk write leaves a gap: {first} after {expected - 1}")
+            raise InvariantViolation(f"disk write leaves a gap: {first} after {expected - 1}")
         self.entries.extend(e for e in entries if e.index > base)
 
     def install_snapshot(self, snapshot: Snapshot) -> None:

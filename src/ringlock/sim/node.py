@@ -47,7 +47,8 @@ class SimNode:
         self.alive = True
         self.paused = False
         self.incarnation = 0
-        self.inbox: list[Message | ClientRequest] = []
+        self.inbox: list[Message | ClientRequest | tuple[str, int]] = []
+        """What reached a paused node: messages, requests, and due (work, incarnation)."""
         self._boot()
 
     # ------------------------------------------------------------------ life cycle
@@ -119,15 +120,7 @@ class SimNode:
 
     def after_input(self) -> None:
         """Check what the last input changed, then carry out Ready batches."""
-        raft = self.raft
-        checker = self.sim.safety
-        if raft.log.commit_index != self.seen_commit:
-            checker.on_commit(raft, self.seen_commit)
-            self.seen_commit = raft.log.commit_index
-        is_leader = raft.role == Role.LEADER
-        if is_leader and not self.was_leader:
-            checker.on_leader(raft)
-        self.was_leader = is_leader
+        self._observe()
         if self.writing is None and not self.drive_scheduled:
             self.drive_scheduled = True
             self.sim.schedule_drive(self)
@@ -188,22 +181,28 @@ class SimNode:
                 else:
                     sim.reply(request, "retry", raft.leader)
         for read_state in rd.read_states:
-            request = self.reads.pop(read_state.request_id, None)
-            if request is not None:
-                self.reads_waiting.append((read_state.index, request))
+            waiting = self.reads.pop(read_state.request_id, None)
+            if waiting is not None:
+                self.reads_waiting.append((read_state.index, waiting))
         for request_id in rd.dropped_reads:
-            request = self.reads.pop(request_id, None)
-            if request is not None:
-                sim.reply(request, "retry", raft.leader)
+            dropped = self.reads.pop(request_id, None)
+            if dropped is not None:
+                sim.reply(dropped, "retry", raft.leader)
         raft.advance(rd)
         self._serve_reads()
         self._maybe_compact()
+        self._observe()
+
+    def _observe(self) -> None:
+        """Show the safety checker what the last step changed."""
+        raft = self.raft
         if raft.log.commit_index != self.seen_commit:
-            sim.safety.on_commit(raft, self.seen_commit)
+            self.sim.safety.on_commit(raft, self.seen_commit)
             self.seen_commit = raft.log.commit_index
         is_leader = raft.role == Role.LEADER
         if is_leader and not self.was_leader:
-            sim.safety.on_leader(raft)
+            self.sim.safety.on_leader(raft)
+            self.sim.note(f"node {self.id} leads term {raft.term}")
         self.was_leader = is_leader
 
     def _fail_proposals_up_to(self, index: int) -> None:

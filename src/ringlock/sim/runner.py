@@ -49,7 +49,8 @@ def run_seed(seed: int, nodes: int = 3, *, faults: tuple[str, ...] | None = None
 def _failed(sim: Simulation, seed: int, nodes: int, invariant: str, detail: str) -> SeedResult:
     return SeedResult(
         seed, nodes, False, len(sim.history), sim.events, invariant, detail,
-        sim.describe_trace(), sim.fault_log[-20:],
+        sim.describe_trace(),
+        [f"t={at / 1000:.1f}ms {text}" for at, text in sim.timeline[-20:]],
     )
 
 
