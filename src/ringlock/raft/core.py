@@ -174,6 +174,8 @@ class Raft:
                     del self.progress[node]
             if self.lead_transferee and self.lead_transferee not in configuration.voters:
                 self.lead_transferee = 0
+            if self._read_batches:
+                self._recheck_read_batches()
 
     def _configuration_at(self, index: int) -> Configuration:
         """The configuration in force once the log is cut at `index` (for snapshots)."""
@@ -687,16 +689,29 @@ class Raft:
         batch = _ReadBatch(self.log.commit_index, self._reads_to_register, {self.id})
         self._reads_to_register = []
         self._read_batches[batch_id] = batch
-        self._broadcast_heartbeat(batch_id)
+        if quorum.has_quorum(self.configuration.voters, batch.acks):
+            self._release_reads_up_to(batch_id)  # the leader alone is a quorum
+        else:
+            self._broadcast_heartbeat(batch_id)
 
     def _handle_read_ack(self, batch_id: int, node: int) -> None:
         batch = self._read_batches.get(batch_id)
         if batch is None:
             return
         batch.acks.add(node)
-        if not quorum.has_quorum(self.configuration.voters, batch.acks):
-            return
-        # A quorum answered a heartbeat sent after every earlier batch: release them too.
+        if quorum.has_quorum(self.configuration.voters, batch.acks):
+            self._release_reads_up_to(batch_id)
+
+    def _recheck_read_batches(self) -> None:
+        """The voters changed: a batch may now hold a quorum of acknowledgements."""
+        for batch_id in sorted(self._read_batches, reverse=True):
+            batch = self._read_batches[batch_id]
+            if quorum.has_quorum(self.configuration.voters, batch.acks):
+                self._release_reads_up_to(batch_id)
+                return
+
+    def _release_reads_up_to(self, batch_id: int) -> None:
+        """A quorum answered a heartbeat sent after every earlier batch: release them all."""
         for earlier in sorted(b for b in self._read_batches if b <= batch_id):
             released = self._read_batches.pop(earlier)
             for request_id in released.request_ids:

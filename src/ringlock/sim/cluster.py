@@ -111,6 +111,7 @@ class Simulation:
             heartbeat_tick=p.heartbeat_tick,
             max_entries_per_append=p.max_entries_per_append,
             max_inflight_appends=p.max_inflight_appends,
+            check_quorum=p.check_quorum,
             seed=p.seed,
         )
         node = SimNode(self, node_id, config, bootstrap)

@@ -20,6 +20,7 @@ class SimParams:
     heartbeat_tick: int
     election_tick: int
     max_entries_per_append: int
+    check_quorum: bool
     max_inflight_appends: int
     net_delay_min_us: int
     net_delay_max_us: int
@@ -60,6 +61,7 @@ class SimParams:
             heartbeat_tick=rng.choice([1, 1, 2, 3]),
             election_tick=10,
             max_entries_per_append=rng.choice([1, 2, 8, 64, 256]),
+            check_quorum=rng.random() < 0.75,
             max_inflight_appends=rng.choice([1, 4, 64]),
             net_delay_min_us=delay_min,
             net_delay_max_us=delay_min + rng.choice([500, 1000, 2000, 5000, 30000]),
