@@ -347,7 +347,10 @@ class Simulation:
         fault = rng.choice(p.faults)
         live = [n for n in sorted(self.nodes) if n not in self.retired]
         victim = rng.choice(live)
-        heal_after = rng.randint(10, 1500) * US_PER_MS
+        leader = self._leader()
+        if leader is not None and rng.random() < p.leader_victim_rate:
+            victim = leader.id  # Jepsen's favourite target: the leader, mid-write
+        heal_after = rng.choice([rng.randint(0, 20) * 250, rng.randint(10, 1500) * US_PER_MS])
         if fault == "crash" and self.nodes[victim].alive:
             self.nodes[victim].crash()
             self.note(f"crash node {victim}")

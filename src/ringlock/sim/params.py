@@ -40,6 +40,8 @@ class SimParams:
     think_us_max: int
     op_timeout_us: int
     fault_interval_us: int
+    leader_victim_rate: float
+    """Share of faults aimed at the current leader rather than a random node."""
     faults: tuple[str, ...]
     compact_every: int
     fault_phase_us: int
@@ -68,7 +70,7 @@ class SimParams:
             drop_rate=rng.choice([0.0, 0.01, 0.05, 0.1]),
             duplicate_rate=rng.choice([0.0, 0.01, 0.05]),
             reorder_rate=rng.choice([0.0, 0.01, 0.1, 1.0]),
-            loop_turn_us=rng.choice([20, 100, 500]),
+            loop_turn_us=rng.choice([100, 500, 2000]),
             fsync_min_us=fsync_min,
             fsync_max_us=fsync_min + rng.choice([0, 500, 3000, 20000]),
             leader_sends_before_sync=rng.random() < 0.5,
@@ -79,6 +81,7 @@ class SimParams:
             think_us_max=rng.choice([0, 0, 1000]),
             op_timeout_us=rng.choice([300, 600, 1000]) * US_PER_MS,
             fault_interval_us=rng.choice([100, 300, 800]) * US_PER_MS,
+            leader_victim_rate=rng.choice([0.0, 0.5, 0.9]),
             faults=faults,
             compact_every=rng.choice([16, 64, 512]),
             fault_phase_us=rng.choice([2000, 4000]) * US_PER_MS,
