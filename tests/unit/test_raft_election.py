@@ -14,7 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from raft_network import (
+
+from ringlock.errors import ConfigError
+from ringlock.raft import Configuration, HardState, Message, MessageType, Raft, Role
+from tests.unit.raft_network import (
     ELECTION_TICK,
     MT,
     Network,
@@ -26,9 +29,6 @@ from raft_network import (
     new_raft,
     of_type,
 )
-
-from ringlock.errors import ConfigError
-from ringlock.raft import Configuration, HardState, Message, MessageType, Raft, Role
 
 CLASSIC: dict[str, Any] = {"pre_vote": False, "check_quorum": False}
 

@@ -9,7 +9,6 @@ members"), §4.2.2 (removing the current leader), §4.2.3 (disruptive servers), 
 from __future__ import annotations
 
 import pytest
-from raft_network import ELECTION_TICK, MT, Network, config, of_type, terms_of
 
 from ringlock.errors import (
     ConfChangeInProgress,
@@ -18,6 +17,7 @@ from ringlock.errors import (
     TransferInProgress,
 )
 from ringlock.raft import Configuration, Entry, EntryKind, Message, Raft, Role
+from tests.unit.raft_network import ELECTION_TICK, MT, Network, config, of_type, terms_of
 
 
 def _with_learner(node_id: int = 4) -> tuple[Network, Raft, Raft]:

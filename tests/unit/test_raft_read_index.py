@@ -9,10 +9,10 @@ of Ongaro's thesis ("Processing read-only queries more efficiently").
 from __future__ import annotations
 
 import pytest
-from raft_network import ELECTION_TICK, MT, Network, of_type
 
 from ringlock.errors import NotLeaderError
 from ringlock.raft import ReadState, Role
+from tests.unit.raft_network import ELECTION_TICK, MT, Network, of_type
 
 
 def test_read_released_only_after_quorum_answers_heartbeat() -> None:

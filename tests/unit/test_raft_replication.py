@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from raft_network import (
+
+from ringlock.raft import Configuration, Entry, Message, Raft, Role
+from tests.unit.raft_network import (
     ELECTION_TICK,
     MT,
     Network,
@@ -25,8 +27,6 @@ from raft_network import (
     of_type,
     terms_of,
 )
-
-from ringlock.raft import Configuration, Entry, Message, Raft, Role
 
 CLASSIC: dict[str, Any] = {"pre_vote": False, "check_quorum": False}
 

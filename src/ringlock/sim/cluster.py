@@ -452,7 +452,7 @@ class Simulation:
                 self._heal("restart", node_id)
             elif node.paused:
                 self._resume(node)
-        self.note(f"heal all")
+        self.note("heal all")
 
     def _leader(self) -> SimNode | None:
         best: SimNode | None = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ringlock.checker import check_kv_history
 from ringlock.errors import InvariantViolation
@@ -30,8 +32,18 @@ class SeedResult:
         return f"ringlock sim --seeds 1 --start-seed {self.seed} --nodes {self.nodes}"
 
 
-def run_seed(seed: int, nodes: int = 3, *, faults: tuple[str, ...] | None = None) -> SeedResult:
+def run_seed(
+    seed: int,
+    nodes: int = 3,
+    *,
+    faults: tuple[str, ...] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SeedResult:
+    """Run one seed. `overrides` pins some of the seed's drawn settings (a fault profile
+    aimed at one kind of bug); the replay command then needs the same overrides."""
     params = SimParams.from_seed(seed, nodes, faults=faults)
+    if overrides:
+        params = dataclasses.replace(params, **overrides)
     sim = Simulation(params)
     try:
         sim.run()
