@@ -35,8 +35,10 @@ typecheck: $(DEV_STAMP)
 sim: $(STAMP)
 	$(BIN)/ringlock sim --seeds 500
 
+# Benchmarks are not tests: figures go to docs/PERFORMANCE.md with machine and date.
 bench: $(STAMP)
-	$(BIN)/ringlock bench
+	$(BIN)/python bench/sim_bench.py
+	$(BIN)/python bench/checker_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
