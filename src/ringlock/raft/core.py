@@ -414,6 +414,8 @@ class Raft:
             return
         if m.type == MT.APPEND_RESP:
             pr.recent_active = True
+            if m.context:
+                self._handle_read_ack(m.context, m.frm)
             self._handle_append_response(m, pr)
         elif m.type == MT.HEARTBEAT_RESP:
             pr.recent_active = True
@@ -440,7 +442,7 @@ class Raft:
             self._send(
                 Message(
                     MT.APPEND_RESP, to=m.frm, frm=self.id, term=self.term,
-                    index=self.log.commit_index,
+                    index=self.log.commit_index, context=m.context,
                 )
             )
             return
@@ -449,12 +451,17 @@ class Raft:
             self._send(
                 Message(
                     MT.APPEND_RESP, to=m.frm, frm=self.id, term=self.term, index=m.index,
-                    reject=True, reject_hint=self.log.last_index(),
+                    reject=True, reject_hint=self.log.last_index(), context=m.context,
                 )
             )
             return
         self._after_follower_append(m.entries)
-        self._send(Message(MT.APPEND_RESP, to=m.frm, frm=self.id, term=self.term, index=last_new))
+        self._send(
+            Message(
+                MT.APPEND_RESP, to=m.frm, frm=self.id, term=self.term, index=last_new,
+                context=m.context,
+            )
+        )
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
@@ -497,7 +504,8 @@ class Raft:
             return  # the commit removed this leader from the group
         if was_paused:
             self._send_append(m.frm)
-        while self._send_append(m.frm, send_if_empty=False):
+        last_index = self.log.last_index()
+        while pr.next_index <= last_index and self._send_append(m.frm, send_if_empty=False):
             pass
         if m.frm == self.lead_transferee and pr.match_index == self.log.last_index():
             self._send(Message(MT.TIMEOUT_NOW, to=m.frm, frm=self.id, term=self.term))
@@ -691,8 +699,24 @@ class Raft:
         self._read_batches[batch_id] = batch
         if quorum.has_quorum(self.configuration.voters, batch.acks):
             self._release_reads_up_to(batch_id)  # the leader alone is a quorum
-        else:
-            self._broadcast_heartbeat(batch_id)
+            return
+        # Any answer to a message sent from now on confirms leadership: ride on the
+        # appends this Ready sends anyway, and send heartbeats only to the others.
+        riding = {m.to: m for m in self._msgs if m.type == MT.APPEND and m.term == self.term}
+        for node, pr in self.progress.items():
+            if node == self.id:
+                continue
+            append = riding.get(node)
+            if append is not None:
+                append.context = batch_id
+            else:
+                commit = min(pr.match_index, self.log.commit_index)
+                self._send(
+                    Message(
+                        MT.HEARTBEAT, to=node, frm=self.id, term=self.term, commit=commit,
+                        context=batch_id,
+                    )
+                )
 
     def _handle_read_ack(self, batch_id: int, node: int) -> None:
         batch = self._read_batches.get(batch_id)
@@ -829,12 +853,23 @@ class Raft:
         self._check_invariants()
 
     def _check_invariants(self) -> None:
+        """Checked after every Ready: one cheap test, the details only on failure."""
         log = self.log
+        last_index = log.snapshot_index + len(log.entries)
+        role = self.role
+        if (
+            log.applied_index <= log.apply_limit()
+            and log.commit_index <= last_index
+            and log.stable_index <= last_index
+            and (role != Role.LEADER or self.leader == self.id)
+            and (role != Role.CANDIDATE or self.vote == self.id)
+        ):
+            return
         invariant(log.applied_index <= log.apply_limit(), "applied past the apply limit")
-        invariant(log.commit_index <= log.last_index(), "commit index beyond the log")
-        invariant(log.stable_index <= log.last_index(), "stable index beyond the log")
-        invariant(self.role != Role.LEADER or self.leader == self.id, "leader without itself")
-        invariant(self.role != Role.CANDIDATE or self.vote == self.id, "candidate without vote")
+        invariant(log.commit_index <= last_index, "commit index beyond the log")
+        invariant(log.stable_index <= last_index, "stable index beyond the log")
+        invariant(role != Role.LEADER or self.leader == self.id, "leader without itself")
+        invariant(role != Role.CANDIDATE or self.vote == self.id, "candidate without vote")
 
     # --------------------------------------------------------------------- inspection
 

@@ -4,9 +4,11 @@ Everything here is plain data. `Message` is one record for every message type
 (as etcd's raftpb.Message is): a type tag and the fields that type uses, so the
 transport encodes one shape. Field meanings by type:
 
-  APPEND            index/log_term: the entry just before `entries`; commit: leader's commit
+  APPEND            index/log_term: the entry just before `entries`; commit: leader's commit;
+                    context: a read batch id riding along (0 if none)
   APPEND_RESP       index: highest index now matching the leader (or the rejected prev index);
-                    reject + reject_hint: follower's last index, to skip back quickly
+                    reject + reject_hint: follower's last index, to skip back quickly;
+                    context: echoed read batch id
   VOTE, PRE_VOTE    index/log_term: candidate's last entry; transfer: forced by TIMEOUT_NOW
   *_RESP            reject: vote refused
   HEARTBEAT         commit: min(follower's match, leader's commit); context: read batch id

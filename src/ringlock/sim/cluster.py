@@ -143,7 +143,8 @@ class Simulation:
         if self.drop_rate and rng.random() < self.drop_rate:
             return
         link = (message.frm, message.to)
-        at = self.now + self._link_delay()
+        low = self.params.net_delay_min_us
+        at = self.now + low + int(rng.random() * (self.params.net_delay_max_us - low + 1))
         if self.reorder_rate and rng.random() < self.reorder_rate:
             self._push(at, DELIVER, message)  # overtakes or falls behind its neighbours
         else:
