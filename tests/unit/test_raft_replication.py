@@ -91,17 +91,17 @@ def test_stale_leader_steps_down_when_followers_answer_with_higher_term() -> Non
 
 
 @pytest.mark.parametrize(
-    ("prev_index", "prev_term", "accepted"),
+    ("prev_index", "prev_term", "accepted", "hint"),
     [
-        (0, 0, True),
-        (2, 1, True),
-        (3, 2, True),
-        (3, 1, False),  # an entry at prevLogIndex, but of another term
-        (4, 2, False),  # no entry at prevLogIndex at all
+        (0, 0, True, 0),
+        (2, 1, True, 0),
+        (3, 2, True, 0),
+        (3, 1, False, 2),  # an entry at prevLogIndex, but of another term: skip that term
+        (4, 2, False, 3),  # no entry at prevLogIndex at all: our last entry may match
     ],
 )
 def test_append_refused_without_matching_previous_entry(
-    prev_index: int, prev_term: int, accepted: bool
+    prev_index: int, prev_term: int, accepted: bool, hint: int
 ) -> None:
     """Figure 2, AppendEntries receiver, 2: "Reply false if log doesn't contain an entry
     at prevLogIndex whose term matches prevLogTerm" (§5.3, the consistency check)."""
@@ -112,7 +112,7 @@ def test_append_refused_without_matching_previous_entry(
     if accepted:
         assert answer.index == prev_index
     else:
-        assert (answer.index, answer.reject_hint) == (prev_index, 3)
+        assert (answer.index, answer.reject_hint) == (prev_index, hint)
     assert terms_of(raft) == [1, 1, 2]
 
 

@@ -26,21 +26,18 @@ def test_lone_voter_early_appends_before_term_is_durable() -> None:
     index, term = leader.propose(b"X")
     rd = leader.ready()
     assert rd.hard_state is not None and rd.hard_state.term == 1  # not yet durable
-    # The documented exception: APPENDs go out before the fsync (sim/node.py does this).
+    # The exception of thesis §10.2.1 must not apply: the term is not durable yet.
+    assert not rd.appends_may_precede_persist
     for m in rd.messages:
-        if m.type == MT.APPEND:
+        if m.type == MT.APPEND and rd.appends_may_precede_persist:
             net.send(m)
-    # Only the learner runs meanwhile: it persists (2, term 1, X) and answers.
-    while net.inbox[2]:
-        net.step(net.inbox[2].popleft())
-    net.process(2)
-    assert net.nodes[2].log.entry_at(index).data == b"X"
+    assert not net.inbox[2]
 
-    # Crash before the fsync: nothing of rd reached the disk.
+    # Crash before the fsync: nothing of rd reached the disk, nothing left the node.
     leader = net.restart(1)
     assert leader.term == 0
 
-    # Incarnation 2: same node, same term, a different entry at the same index.
+    # Incarnation 2: the same term again, but nobody saw incarnation 1's entry.
     leader.campaign()
     assert leader.role == Role.LEADER and leader.term == 1
     index2, term2 = leader.propose(b"Y")
@@ -53,7 +50,18 @@ def test_lone_voter_early_appends_before_term_is_durable() -> None:
     applied_by_leader = {e.index: e.data for e in net.applied[1]}
     applied_by_learner = {e.index: e.data for e in net.applied[2]}
     # State machine safety: every node applies the same command at an index.
-    assert applied_by_leader[index] == applied_by_learner[index], (
-        f"index {index}: leader applied {applied_by_leader[index]!r}, "
-        f"learner applied {applied_by_learner[index]!r}"
-    )
+    assert applied_by_leader[index] == applied_by_learner[index] == b"Y"
+
+
+def test_early_appends_allowed_once_term_and_vote_are_durable() -> None:
+    conf = Configuration(frozenset({1}), frozenset({2}))
+    net = Network([Raft(config(1), bootstrap=conf), Raft(config(2), bootstrap=conf)], conf)
+    leader = net.nodes[1]
+    leader.campaign()
+    net.deliver_all()
+    leader.propose(b"Z")
+    rd = leader.ready()
+    assert rd.hard_state is None or rd.hard_state.term == leader.term
+    assert rd.appends_may_precede_persist
+    assert any(m.type == MT.APPEND for m in rd.messages)
+    leader.advance(rd)

@@ -327,7 +327,9 @@ class Raft:
             self.lead_transferee = 0
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(0)
+            # The newest pending read batch rides along, so a lost read round is retried;
+            # an answer releases that batch and every earlier one.
+            self._broadcast_heartbeat(max(self._read_batches, default=0))
 
     # --------------------------------------------------------------------------- step
 
@@ -448,10 +450,14 @@ class Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is None:
+            # Point the leader at the last entry that could match: no later than our log
+            # ends, and skipping every entry of a term above the leader's prev term.
+            hint = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
             self._send(
                 Message(
                     MT.APPEND_RESP, to=m.frm, frm=self.id, term=self.term, index=m.index,
-                    reject=True, reject_hint=self.log.last_index(), context=m.context,
+                    reject=True, reject_hint=hint, log_term=self.log.term_at(hint) or 0,
+                    context=m.context,
                 )
             )
             return
@@ -487,7 +493,10 @@ class Raft:
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         if m.reject:
-            if pr.maybe_decrease(m.index, m.reject_hint):
+            hint = m.reject_hint
+            if m.log_term > 0:  # skip our own entries of terms the follower does not hold
+                hint = self.log.find_conflict_by_term(hint, m.log_term)
+            if pr.maybe_decrease(m.index, hint):
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
                 self._send_append(m.frm)
@@ -702,6 +711,7 @@ class Raft:
             return
         # Any answer to a message sent from now on confirms leadership: ride on the
         # appends this Ready sends anyway, and send heartbeats only to the others.
+        # The messages are still ours: ready() has not handed this list out yet.
         riding = {m.to: m for m in self._msgs if m.type == MT.APPEND and m.term == self.term}
         for node, pr in self.progress.items():
             if node == self.id:
@@ -761,13 +771,21 @@ class Raft:
         if self.role != Role.LEADER and self._promotable():
             self._campaign(pre_vote=self.config.pre_vote)
 
-    def compact(self, index: int, data: bytes) -> None:
-        """The state machine's state at applied `index` is `data`: cut the log there."""
+    def compact(self, index: int, data: bytes) -> bool:
+        """The state machine's state at applied `index` is `data`: cut the log there.
+
+        Returns False, and keeps the log, when the configuration in force at `index` is
+        unknown here (a node that joined late holds no CONF entry that early): such a
+        snapshot would tell whoever installs it that the group has no members.
+        """
         term = self.log.term_at(index)
         invariant(term is not None, f"compact at {index}: entry not in the log")
         assert term is not None
-        meta = SnapshotMeta(index, term, self._configuration_at(index))
-        self.log.compact(Snapshot(meta, data))
+        configuration = self._configuration_at(index)
+        if not configuration.voters:
+            return False
+        self.log.compact(Snapshot(SnapshotMeta(index, term, configuration), data))
+        return True
 
     # ------------------------------------------------------------------- Ready/advance
 
@@ -831,6 +849,12 @@ class Raft:
         soft = self._soft_state
         if soft.leader != self.leader or soft.role != self.role:
             rd.soft_state = self._soft_state = SoftState(self.leader, self.role)
+        # Thesis §10.2.1: a leader's appends may leave before its own fsync, but only when
+        # its term and vote are already durable. A lone voter wins within one tick, so its
+        # first Ready can carry both a new term and appends of that term.
+        rd.appends_may_precede_persist = self.role == Role.LEADER and (
+            persisted.term == self.term and persisted.vote == self.vote
+        )
         self._ready_outstanding = True
         return rd
 
@@ -839,8 +863,11 @@ class Raft:
         self._ready_outstanding = False
         if rd.hard_state is not None:
             self._persisted_hard_state = rd.hard_state
-        if rd.snapshot is not None and self.log.pending_snapshot is rd.snapshot:
-            self.log.pending_snapshot = None
+        if rd.snapshot is not None:
+            if self.log.pending_snapshot is rd.snapshot:
+                self.log.pending_snapshot = None
+            if rd.snapshot.meta.index > self.log.applied_index:
+                self.log.applied_to(rd.snapshot.meta.index)  # the driver restored it
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)

@@ -81,6 +81,17 @@ class RaftLog:
         my_term = self.last_term()
         return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
 
+    def find_conflict_by_term(self, index: int, term: int) -> int:
+        """Largest index <= `index` whose entry's term is <= `term` (etcd's
+        findConflictByTerm): every entry above it is of a later term than the other
+        side's entry at `index`, so none of them can match and a probe may skip them."""
+        while index > self.snapshot_index:
+            entry_term = self.term_at(index)
+            if entry_term is not None and entry_term <= term:
+                break
+            index -= 1
+        return index
+
     def entry_at(self, index: int) -> Entry:
         offset = index - self.snapshot_index
         if not 0 < offset <= len(self.entries):
@@ -105,13 +116,15 @@ class RaftLog:
         return self.commit_index
 
     def next_committed_entries(self, max_count: int) -> list[Entry]:
+        """Entries to apply next; after a restored snapshot, those that follow it."""
         high = self.apply_limit()
-        if self.applied_index >= high:
+        low = max(self.applied_index, self.snapshot_index) + 1
+        if low > high:
             return []
-        return self.slice(self.applied_index + 1, high + 1, max_count)
+        return self.slice(low, high + 1, max_count)
 
     def has_next_committed_entries(self) -> bool:
-        return self.applied_index < self.apply_limit()
+        return max(self.applied_index, self.snapshot_index) < self.apply_limit()
 
     # -- changing ------------------------------------------------------------------------
 
@@ -188,7 +201,7 @@ class RaftLog:
         self.entries = []
         self.stable_index = snapshot.meta.index
         self.commit_index = snapshot.meta.index
-        self.applied_index = snapshot.meta.index
+        # applied_index moves when the driver has restored the state machine (advance).
 
     def compact(self, snapshot: Snapshot) -> None:
         """Drop entries up to the snapshot's index; the state machine has applied them."""

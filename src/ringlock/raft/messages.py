@@ -7,7 +7,8 @@ transport encodes one shape. Field meanings by type:
   APPEND            index/log_term: the entry just before `entries`; commit: leader's commit;
                     context: a read batch id riding along (0 if none)
   APPEND_RESP       index: highest index now matching the leader (or the rejected prev index);
-                    reject + reject_hint: follower's last index, to skip back quickly;
+                    reject + reject_hint/log_term: the follower's last entry that could
+                    match (and its term), so the leader skips back a term at a time;
                     context: echoed read batch id
   VOTE, PRE_VOTE    index/log_term: candidate's last entry; transfer: forced by TIMEOUT_NOW
   *_RESP            reject: vote refused
@@ -148,9 +149,13 @@ class Ready:
     4. serve `read_states` once applied; fail `dropped_reads`;
     5. call `Raft.advance(ready)`.
 
-    One exception to the order (Raft thesis §10.2.1): APPEND messages of a leader may
+    One exception to the order (Raft thesis §10.2.1): when `appends_may_precede_persist`
+    is set (a leader whose term and vote are already durable), its APPEND messages may
     be sent before step 1 completes, so the leader's disk write overlaps replication;
     the leader counts its own copy of an entry only after `advance`.
+
+    Persisting a snapshot replaces the whole stored log up to its index; stored entries
+    after it are kept only if the entry at the snapshot's index has the snapshot's term.
 
     On restart the driver restores the state machine from its own persisted snapshot;
     Ready then hands out the committed entries that follow it.
@@ -164,3 +169,5 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[int] = field(default_factory=list)
     soft_state: SoftState | None = None
+    appends_may_precede_persist: bool = False
+    """True when this Ready's APPEND messages may be sent before step 1 completes."""

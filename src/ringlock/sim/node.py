@@ -140,7 +140,7 @@ class SimNode:
                 self.sim.safety.on_entries(raft, rd.entries)
             self.disk.write(rd.hard_state, rd.snapshot, rd.entries)
             delay = self.sim.fsync_delay()
-            if self.sim.leader_sends_before_sync and raft.role == Role.LEADER:
+            if self.sim.leader_sends_before_sync and rd.appends_may_precede_persist:
                 early = [m for m in rd.messages if m.type == MessageType.APPEND]
                 if early:
                     rd.messages = [m for m in rd.messages if m.type != MessageType.APPEND]
@@ -167,6 +167,7 @@ class SimNode:
         for message in rd.messages:
             sim.send(message)
         if rd.snapshot is not None:
+            sim.safety.on_snapshot(self.id, rd.snapshot.meta.index, rd.snapshot.meta.term)
             self.kv.restore(rd.snapshot.meta.index, rd.snapshot.data)
             self._fail_proposals_up_to(rd.snapshot.meta.index)
         for entry in rd.committed_entries:
@@ -201,7 +202,7 @@ class SimNode:
             self.seen_commit = raft.log.commit_index
         is_leader = raft.role == Role.LEADER
         if is_leader and not self.was_leader:
-            self.sim.safety.on_leader(raft)
+            self.sim.safety.on_leader(raft, self.incarnation)
             self.sim.note(f"node {self.id} leads term {raft.term}")
         self.was_leader = is_leader
 
@@ -213,7 +214,7 @@ class SimNode:
     def _serve_reads(self) -> None:
         if not self.reads_waiting:
             return
-        applied = self.raft.log.applied_index
+        applied = self.kv.applied_index  # what the state machine holds, not what Raft knows
         still_waiting = []
         for index, request in self.reads_waiting:
             if index <= applied:
@@ -224,8 +225,9 @@ class SimNode:
 
     def _maybe_compact(self) -> None:
         log = self.raft.log
-        if log.applied_index - log.snapshot_index >= self.sim.compact_every:
-            self.raft.compact(log.applied_index, self.kv.snapshot())
+        if log.applied_index - log.snapshot_index >= self.sim.compact_every and self.raft.compact(
+            log.applied_index, self.kv.snapshot()
+        ):
             snapshot = log.snapshot
             assert snapshot is not None
             self.disk.save_snapshot(snapshot)

@@ -3,7 +3,9 @@
 Each check is incremental, so it costs O(1) per entry rather than a scan of
 every log after every event:
 
-  election safety     at most one leader per term (a map term -> leader);
+  election safety     at most one leader per term (a map term -> leader and the
+                      leader's incarnation, so one node leading a term twice across
+                      a restart is caught too);
   log matching        every copy of the entry (index, term) carries the same data
                       and follows the same previous term, so by induction two logs
                       that share an (index, term) are identical up to it;
@@ -32,18 +34,19 @@ class SafetyChecker:
     __slots__ = ("committed", "committed_by_term", "entry_shapes", "leaders")
 
     def __init__(self) -> None:
-        self.leaders: dict[int, int] = {}
+        self.leaders: dict[int, tuple[int, int]] = {}
         self.entry_shapes: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         self.committed: dict[int, int] = {}
         self.committed_by_term: dict[int, int] = {}
         """Highest index known committed by a node in each term."""
 
-    def on_leader(self, raft: Raft) -> None:
-        known = self.leaders.setdefault(raft.term, raft.id)
-        if known != raft.id:
+    def on_leader(self, raft: Raft, incarnation: int) -> None:
+        known = self.leaders.setdefault(raft.term, (raft.id, incarnation))
+        if known != (raft.id, incarnation):
             raise SafetyViolation(
                 "election safety",
-                f"term {raft.term} has two leaders: node {known} and node {raft.id}",
+                f"term {raft.term} has two leaders: node {known[0]} (run {known[1]}) and "
+                f"node {raft.id} (run {incarnation})",
             )
         index = max(
             (i for term, i in self.committed_by_term.items() if term < raft.term), default=0
@@ -100,6 +103,16 @@ class SafetyChecker:
                 )
         if log.commit_index > self.committed_by_term.get(raft.term, 0):
             self.committed_by_term[raft.term] = log.commit_index
+
+    def on_snapshot(self, node_id: int, index: int, term: int) -> None:
+        """A node installs a snapshot: its last entry must be the committed one."""
+        known = self.committed.setdefault(index, term)
+        if known != term:
+            raise SafetyViolation(
+                "state machine safety",
+                f"node {node_id} installed a snapshot ending at ({index}, term {term}); "
+                f"index {index} was committed with term {known}",
+            )
 
     def on_apply(self, node_id: int, entry: Entry) -> None:
         known = self.committed.get(entry.index)
