@@ -382,6 +382,11 @@ class Raft:
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(Message(response, to=m.frm, frm=self.id, term=m.term))
             if m.type == MT.VOTE:
+                if self.vote not in (0, m.frm):
+                    raise InvariantViolation(
+                        f"node {self.id} votes for {m.frm} in term {self.term} after voting "
+                        f"for {self.vote}"
+                    )
                 self.election_elapsed = 0
                 self.vote = m.frm
         else:
