@@ -3,6 +3,8 @@ simulated 3-node cluster told as a story, then a batch of checked seeds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ringlock.checker import check_kv_history
@@ -19,7 +21,11 @@ DEMO_SEED = 7
               help="Random seeds to check after the story.")
 def demo(seed: int, count: int) -> None:
     """Show a simulated cluster surviving crashes and partitions."""
-    params = SimParams.from_seed(seed, 3, faults=("crash", "partition", "pause", "transfer"))
+    params = dataclasses.replace(
+        SimParams.from_seed(seed, 3, faults=("crash", "partition", "pause", "transfer")),
+        fault_interval_us=700_000,  # calm enough to follow, one fault at a time
+        leader_victim_rate=0.7,
+    )
     simulation = Simulation(params)
     simulation.run()
     click.echo(f"ringlock demo: a simulated 3-node Raft cluster, seed {seed}, "

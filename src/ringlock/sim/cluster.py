@@ -417,7 +417,7 @@ class Simulation:
             if self.nodes[target].paused:
                 self.note(f"resume node {target}")
             self._resume(self.nodes[target])
-        elif action == "unblock":
+        elif action == "unblock" and self.blocked & target:
             self.blocked -= target
             self.note(f"heal partition {_describe_cut(target)}")
 
