@@ -137,7 +137,7 @@ class Simulation:
         return low + int(self.rng.random() * (self.params.net_delay_max_us - low + 1))
 
     def send(self, message: Message) -> None:
-        if (message.frm, message.to) in self.blocked or message.to not in self.nodes:
+        if self.blocked and (message.frm, message.to) in self.blocked:
             return
         rng = self.rng
         if self.drop_rate and rng.random() < self.drop_rate:
@@ -202,7 +202,7 @@ class Simulation:
         self._check_liveness()
 
     def _deliver(self, message: Message) -> None:
-        if (message.frm, message.to) in self.blocked:
+        if self.blocked and (message.frm, message.to) in self.blocked:
             return
         node = self.nodes[message.to]
         if not node.alive:

@@ -89,7 +89,8 @@ class SimNode:
 
     def tick(self) -> None:
         self.raft.tick()
-        self.after_input()
+        if self.raft.has_ready():  # most ticks of a follower change nothing
+            self.after_input()
 
     def receive(self, message: Message) -> None:
         self.raft.step(message)
