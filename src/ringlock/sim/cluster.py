@@ -351,7 +351,9 @@ class Simulation:
         leader = self._leader()
         if leader is not None and rng.random() < p.leader_victim_rate:
             victim = leader.id  # Jepsen's favourite target: the leader, mid-write
-        heal_after = rng.choice([rng.randint(0, 20) * 250, rng.randint(10, 1500) * US_PER_MS])
+        quick = rng.randint(0, 20) * 250  # a supervisor restarts it at once
+        slow = rng.randint(10, 1500) * US_PER_MS
+        heal_after = quick if rng.random() < p.quick_heal_rate else slow
         if fault == "crash" and self.nodes[victim].alive:
             self.nodes[victim].crash()
             self.note(f"crash node {victim}")
@@ -381,7 +383,7 @@ class Simulation:
     def _partition(self, live: list[int], victim: int) -> set[tuple[int, int]]:
         rng = self.rng
         others = [n for n in live if n != victim]
-        shape = rng.choice(["isolate", "halves", "one-way", "bridge"])
+        shape = rng.choice(self.params.partition_shapes)
         cut: set[tuple[int, int]] = set()
         if shape == "isolate":
             for n in others:

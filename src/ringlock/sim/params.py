@@ -41,6 +41,9 @@ class SimParams:
     op_timeout_us: int
     fault_interval_us: int
     leader_victim_rate: float
+    quick_heal_rate: float
+    """Share of faults healed within 5 ms (a restart by a supervisor, a short blip)."""
+    partition_shapes: tuple[str, ...]
     """Share of faults aimed at the current leader rather than a random node."""
     faults: tuple[str, ...]
     compact_every: int
@@ -82,6 +85,8 @@ class SimParams:
             op_timeout_us=rng.choice([300, 600, 1000]) * US_PER_MS,
             fault_interval_us=rng.choice([100, 300, 800]) * US_PER_MS,
             leader_victim_rate=rng.choice([0.0, 0.5, 0.9]),
+            quick_heal_rate=0.5,
+            partition_shapes=("isolate", "halves", "one-way", "bridge"),
             faults=faults,
             compact_every=rng.choice([16, 64, 512]),
             fault_phase_us=rng.choice([2000, 4000]) * US_PER_MS,
