@@ -1,4 +1,4 @@
-"""Regression (found in review): the leader's "send APPENDs before fsync" exception (RAFT.md, Ready docstring,
+"""Regression: the leader's "send APPENDs before fsync" exception (RAFT.md, Ready docstring,
 sim/node.py `leader_sends_before_sync`) is applied even when the same Ready carries the
 hard state of a brand-new term. A lone voter wins its election inside one tick, without
 sending a single vote request, so nothing forced its (term, vote) to disk before its

@@ -1,4 +1,4 @@
-"""Regression (found in review): a ReadIndex round is sent once and never retried. If its heartbeats (or their
+"""Regression: a ReadIndex round is sent once and never retried. If its heartbeats (or their
 answers) are lost, the batch waits for ever, although the leader keeps a quorum and
 keeps heartbeating: periodic heartbeats carry context 0 (`_tick_leader` ->
 `_broadcast_heartbeat(0)`), so their answers release nothing. etcd's periodic

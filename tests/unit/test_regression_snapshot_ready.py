@@ -1,4 +1,4 @@
-"""Regression (found in review): a SNAPSHOT stepped in between ready() and advance() (the driver keeps stepping
+"""Regression: a SNAPSHOT stepped in between ready() and advance() (the driver keeps stepping
 messages while its fsync runs) moves `log.applied_index` to the snapshot's index at once
 (RaftLog.restore), although the state machine will only be restored when the *next*
 Ready hands the snapshot out. Until then the core reports an applied index the state
