@@ -563,13 +563,15 @@ class Raft:
     def _broadcast_heartbeat(self, context: int) -> None:
         for node, pr in self.progress.items():
             if node != self.id:
-                commit = min(pr.match_index, self.log.commit_index)
-                self._send(
-                    Message(
-                        MT.HEARTBEAT, to=node, frm=self.id, term=self.term, commit=commit,
-                        context=context,
-                    )
-                )
+                self._send_heartbeat(node, pr, context)
+
+    def _send_heartbeat(self, to: int, pr: Progress, context: int) -> None:
+        """Commit only up to what `to` is known to hold: its log may end before ours."""
+        commit = min(pr.match_index, self.log.commit_index)
+        self._send(
+            Message(MT.HEARTBEAT, to=to, frm=self.id, term=self.term, commit=commit,
+                    context=context)
+        )
 
     def _is_committable(self, index: int) -> bool:
         """§5.4.2: only an entry of the current term is committed by counting replicas."""
@@ -725,13 +727,7 @@ class Raft:
             if append is not None:
                 append.context = batch_id
             else:
-                commit = min(pr.match_index, self.log.commit_index)
-                self._send(
-                    Message(
-                        MT.HEARTBEAT, to=node, frm=self.id, term=self.term, commit=commit,
-                        context=batch_id,
-                    )
-                )
+                self._send_heartbeat(node, pr, batch_id)
 
     def _handle_read_ack(self, batch_id: int, node: int) -> None:
         batch = self._read_batches.get(batch_id)
