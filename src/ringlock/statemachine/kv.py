@@ -1,0 +1,229 @@
+"""Keys with revisions, leases, and exactly-once writes for one shard.
+
+Theory of operation. `apply(index, command)` is deterministic: every replica applies
+the same commands in the same order and reaches the same state and results. Time
+enters only inside commands (a lease's expiry is decided by the leader and proposed
+as a command carrying the leader's clock), never from a clock read here.
+
+  * Every applied write raises the shard's `revision` by one; a key keeps the
+    revision that created it, the revision of its last change, and its version
+    (number of changes since creation), as etcd does.
+  * A key may be attached to a lease; revoking or expiring the lease deletes its keys.
+  * A write carries (client id, request seq). A seq already applied for that client
+    returns the recorded result and changes nothing, so a retried write applies once.
+    A client's entries are dropped when its session (a lease) ends.
+
+Must never import asyncio, time, socket, os or anything that does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ringlock.errors import RinglockError
+from ringlock.invariant import invariant
+
+MAX_DEDUP_ENTRIES_PER_CLIENT = 1024
+"""Results remembered per client: a client retries only its recent requests."""
+
+
+class StateMachineError(RinglockError):
+    """A command is malformed or refers to something that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """`target` is "value", "version" or "mod_revision"; a missing key has version 0,
+    mod_revision 0 and value None."""
+
+    target: str
+    expected: Any
+
+
+class ShardStateMachine:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.applied_index = 0
+        self.data: dict[bytes, KeyValue] = {}
+        self.leases: dict[int, tuple[int, set[bytes]]] = {}
+        """lease id -> (ttl in ms, keys attached)."""
+        self.dedup: dict[int, dict[int, Any]] = {}
+        """client id -> {request seq -> result}."""
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self.data.get(key)
+
+    def scan(self, prefix: bytes, limit: int, after: bytes = b"") -> list[KeyValue]:
+        """Keys starting with `prefix`, greater than `after`, in order, at most `limit`."""
+        if limit < 1:
+            raise StateMachineError(f"scan limit must be at least 1, got {limit}")
+        keys = sorted(k for k in self.data if k.startswith(prefix) and k > after)
+        return [self.data[k] for k in keys[:limit]]
+
+    # ----------------------------------------------------------------- applying
+
+    def apply(self, index: int, command: bytes) -> Any:
+        """Apply one committed entry; an empty command is Raft's no-op."""
+        invariant(index > self.applied_index, f"apply of {index} after {self.applied_index}")
+        self.applied_index = index
+        if not command:
+            return None
+        try:
+            fields = msgpack.unpackb(command)
+            op, client, seq, args = fields[0], fields[1], fields[2], fields[3:]
+        except (ValueError, TypeError, IndexError, msgpack.ExtraData) as error:
+            return StateMachineError(f"malformed command: {error}")
+        if client:
+            remembered = self.dedup.get(client, {})
+            if seq in remembered:
+                return _from_record(remembered[seq])
+        try:
+            result = self._execute(op, args)
+        except StateMachineError as error:
+            result = error
+        except (ValueError, TypeError) as error:  # wrong arity or types: nothing changed
+            result = StateMachineError(f"malformed {op!r} command: {error}")
+        if client:
+            remembered = self.dedup.setdefault(client, {})
+            remembered[seq] = _to_record(result)
+            if len(remembered) > MAX_DEDUP_ENTRIES_PER_CLIENT:
+                del remembered[min(remembered)]
+        return result
+
+    def _execute(self, op: str, args: list[Any]) -> Any:
+        if op == "put":
+            key, value, lease, prev_kv = args
+            return self._put(key, value, lease, prev_kv)
+        if op == "delete":
+            key, prev_kv = args
+            return self._delete(key, prev_kv)
+        if op == "cas":
+            key, target, expected, then, value = args
+            if not self._compare(key, Compare(target, expected)):
+                return False
+            if then == "put":
+                self._put(key, value, 0, False)
+            else:
+                self._delete(key, False)
+            return True
+        if op == "lease_grant":
+            lease, ttl_ms = args
+            if lease in self.leases:
+                raise StateMachineError(f"lease {lease} exists")
+            self.leases[lease] = (ttl_ms, set())
+            return lease
+        if op == "lease_revoke":
+            (lease,) = args
+            return self._revoke(lease)
+        if op == "session_end":
+            (client,) = args
+            self.dedup.pop(client, None)
+            return None
+        raise StateMachineError(f"unknown command {op!r}")
+
+    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> KeyValue | None:
+        if lease and lease not in self.leases:
+            raise StateMachineError(f"lease {lease} not found")
+        self.revision += 1
+        previous = self.data.get(key)
+        if previous is not None and previous.lease and previous.lease != lease:
+            self.leases[previous.lease][1].discard(key)
+        if previous is None:
+            current = KeyValue(key, value, self.revision, self.revision, 1, lease)
+        else:
+            current = KeyValue(key, value, previous.create_revision, self.revision,
+                               previous.version + 1, lease)
+        self.data[key] = current
+        if lease:
+            self.leases[lease][1].add(key)
+        return previous if prev_kv else None
+
+    def _delete(self, key: bytes, prev_kv: bool) -> KeyValue | bool | None:
+        previous = self.data.pop(key, None)
+        if previous is None:
+            return None if prev_kv else False
+        self.revision += 1
+        if previous.lease in self.leases:
+            self.leases[previous.lease][1].discard(key)
+        return previous if prev_kv else True
+
+    def _compare(self, key: bytes, compare: Compare) -> bool:
+        current = self.data.get(key)
+        if compare.target == "value":
+            return bool((current.value if current else None) == compare.expected)
+        if compare.target == "version":
+            return bool((current.version if current else 0) == compare.expected)
+        if compare.target == "mod_revision":
+            return bool((current.mod_revision if current else 0) == compare.expected)
+        raise StateMachineError(f"unknown compare target {compare.target!r}")
+
+    def _revoke(self, lease: int) -> int:
+        entry = self.leases.pop(lease, None)
+        if entry is None:
+            raise StateMachineError(f"lease {lease} not found")
+        _, keys = entry
+        for key in sorted(keys):
+            self._delete(key, False)
+        return len(keys)
+
+    # ---------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([  # type: ignore[no-any-return]
+            self.revision,
+            self.applied_index,
+            [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
+             for _, kv in sorted(self.data.items())],
+            [[lease, ttl, sorted(keys)] for lease, (ttl, keys) in sorted(self.leases.items())],
+            [[client, sorted(results.items())] for client, results in sorted(self.dedup.items())],
+        ])
+
+    @staticmethod
+    def restore(data: bytes) -> ShardStateMachine:
+        revision, applied, keys, leases, dedup = msgpack.unpackb(data, strict_map_key=False)
+        machine = ShardStateMachine()
+        machine.revision = revision
+        machine.applied_index = applied
+        machine.data = {k[0]: KeyValue(*k) for k in keys}
+        machine.leases = {lease: (ttl, set(attached)) for lease, ttl, attached in leases}
+        machine.dedup = {client: dict(map(tuple, results)) for client, results in dedup}
+        return machine
+
+
+def _to_record(result: Any) -> Any:
+    """Results are remembered in a form a snapshot can carry."""
+    if isinstance(result, KeyValue):
+        return ["kv", result.key, result.value, result.create_revision, result.mod_revision,
+                result.version, result.lease]
+    if isinstance(result, StateMachineError):
+        return ["error", str(result)]
+    return ["value", result]
+
+
+def _from_record(record: Any) -> Any:
+    kind = record[0]
+    if kind == "kv":
+        return KeyValue(*record[1:])
+    if kind == "error":
+        return StateMachineError(record[1])
+    return record[1]
+
+
+def encode(op: str, client: int, seq: int, *args: Any) -> bytes:
+    """A command for `ShardStateMachine.apply`; client 0 means no de-duplication."""
+    return msgpack.packb([op, client, seq, *args])  # type: ignore[no-any-return]
