@@ -1,0 +1,94 @@
+"""Length-prefixed msgpack frames, sans-I/O (feed bytes in, take frames out).
+
+Layout of one frame:
+
+    4 bytes  big-endian length N of what follows (version byte + body)
+    1 byte   format version (FRAME_VERSION)
+    N-1      msgpack body: a map or an array, never an extension type
+
+Every buffer is capped: a length above `max_frame_bytes` is refused before any of the
+body is read, so a peer cannot make us allocate without bound. Errors say whose fault
+it was: a `FrameError` is the remote side's (bad version, malformed body), and the
+connection that sent it should be answered and closed; we keep serving others.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from ringlock.errors import RinglockError
+
+FRAME_VERSION = 1
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+"""Default cap on one frame: a 1 MiB value plus its key and envelope fits with room."""
+_HEADER = struct.Struct(">I")
+
+
+class FrameError(RinglockError):
+    """The remote side sent bytes that are not a valid frame."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's announced length exceeds the limit."""
+
+
+def encode_frame(body: Any, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    try:
+        payload: bytes = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise FrameError(f"cannot encode a frame body: {error}") from error
+    length = len(payload) + 1
+    if length > max_frame_bytes:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds max_frame_bytes={max_frame_bytes}")
+    return _HEADER.pack(length) + bytes([FRAME_VERSION]) + payload
+
+
+class FrameDecoder:
+    """Feed received bytes with `feed`; take complete frames from `frames()`."""
+
+    def __init__(self, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add bytes; return the bodies of the frames they completed, in order."""
+        self._buffer += data
+        bodies = []
+        while len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length < 1:
+                raise FrameError("frame of length 0 has no version byte")
+            if length > self.max_frame_bytes:
+                raise FrameTooLarge(
+                    f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+                )
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            version = self._buffer[_HEADER.size]
+            payload = bytes(self._buffer[_HEADER.size + 1 : end])
+            del self._buffer[:end]
+            if version != FRAME_VERSION:
+                raise FrameError(f"frame version {version} is not {FRAME_VERSION}")
+            try:
+                body = msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                       ext_hook=_refuse_extension)
+            except FrameError:
+                raise
+            except Exception as error:  # msgpack raises several types for bad input
+                raise FrameError(f"malformed frame body: {error}") from error
+            if not isinstance(body, dict | list):
+                raise FrameError(f"frame body must be a map or an array, not {type(body)}")
+            bodies.append(body)
+        return bodies
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+
+def _refuse_extension(code: int, data: bytes) -> Any:
+    raise FrameError(f"msgpack extension type {code} is not allowed")
