@@ -803,13 +803,20 @@ class Raft:
             if self._reads_to_register:
                 self._register_reads()
 
+    def _hard_state_changed(self) -> bool:
+        persisted = self._persisted_hard_state
+        return (
+            persisted.commit != self.log.commit_index
+            or persisted.term != self.term
+            or persisted.vote != self.vote
+        )
+
     def has_ready(self) -> bool:
         if self.role == Role.LEADER:
             self._flush()
         if self._msgs:
             return True
         log = self.log
-        persisted = self._persisted_hard_state
         soft = self._soft_state
         return bool(
             log.stable_index < log.last_index()
@@ -817,9 +824,7 @@ class Raft:
             or log.applied_index < log.apply_limit()
             or self._read_states
             or self._dropped_reads
-            or persisted.commit != log.commit_index
-            or persisted.term != self.term
-            or persisted.vote != self.vote
+            or self._hard_state_changed()
             or soft.leader != self.leader
             or soft.role != self.role
         )
@@ -830,11 +835,7 @@ class Raft:
         log = self.log
         rd = Ready()
         persisted = self._persisted_hard_state
-        if (
-            persisted.commit != log.commit_index
-            or persisted.term != self.term
-            or persisted.vote != self.vote
-        ):
+        if self._hard_state_changed():
             rd.hard_state = HardState(self.term, self.vote, log.commit_index)
         if log.stable_index < log.last_index():
             rd.entries = log.unstable_entries()

@@ -143,8 +143,7 @@ class Simulation:
         if self.drop_rate and rng.random() < self.drop_rate:
             return
         link = (message.frm, message.to)
-        low = self.params.net_delay_min_us
-        at = self.now + low + int(rng.random() * (self.params.net_delay_max_us - low + 1))
+        at = self.now + self._link_delay()
         if self.reorder_rate and rng.random() < self.reorder_rate:
             self._push(at, DELIVER, message)  # overtakes or falls behind its neighbours
         else:
@@ -539,8 +538,6 @@ class Simulation:
                 text = (f"{m.type.name} {m.frm}->{m.to} term={m.term} index={m.index} "
                         f"log_term={m.log_term} entries={len(m.entries)} commit={m.commit}"
                         f"{' reject' if m.reject else ''}")
-            elif kind in (ARRIVE, REPLY):
-                text = f"{EVENT_NAMES[kind]} {a!r} {b!r}"
             else:
                 text = f"{EVENT_NAMES[kind]} {a!r} {b!r}"
             lines.append(f"t={at / 1000:.3f}ms {text}")

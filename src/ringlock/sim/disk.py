@@ -42,12 +42,11 @@ class DurableState:
 
 
 class SimDisk:
-    __slots__ = ("durable", "pending", "syncs")
+    __slots__ = ("durable", "pending")
 
     def __init__(self) -> None:
         self.durable = DurableState()
         self.pending: list[tuple[HardState | None, Snapshot | None, list[Entry]]] = []
-        self.syncs = 0
 
     def write(self, hard_state: HardState | None, snapshot: Snapshot | None,
               entries: list[Entry]) -> None:
@@ -61,7 +60,6 @@ class SimDisk:
             if hard_state is not None:
                 self.durable.hard_state = hard_state
         self.pending = []
-        self.syncs += 1
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """A local snapshot is written atomically (temp file, fsync, rename); pending
