@@ -1,10 +1,38 @@
 """ringlock: a sharded, replicated key-value store and lock service built on Raft.
 
-The consensus core (`ringlock.raft`) and the cluster simulator (`ringlock.sim`)
-are the foundation; the node, the client and the lock service are built on them.
+    from ringlock import Client
+    with Client() as client:          # $RINGLOCK_CLUSTER, else the `ringlock dev` cluster
+        client.put("greeting", "hello")
+        client.get("greeting")        # b"hello"
+
+The clients are imported lazily, so that `import ringlock.raft` stays free of I/O.
 """
 
-from ringlock.errors import InvariantViolation, RinglockError
+from typing import Any
 
-__all__ = ["InvariantViolation", "RinglockError"]
+from ringlock.errors import (
+    BadRequest,
+    InvariantViolation,
+    NotFound,
+    NotLeader,
+    RequestError,
+    RequestTimeout,
+    RinglockError,
+    TooLarge,
+    Unavailable,
+    WrongShard,
+)
+
+__all__ = [
+    "AsyncClient", "BadRequest", "Client", "InvariantViolation", "NotFound", "NotLeader",
+    "RequestError", "RequestTimeout", "RinglockError", "TooLarge", "Unavailable", "WrongShard",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Client", "AsyncClient"):
+        from ringlock import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'ringlock' has no attribute {name!r}")

@@ -45,3 +45,78 @@ class TransferInProgress(ProposalDropped):
 
 class ConfChangeInProgress(ProposalDropped):
     """Only one membership change may be pending at a time."""
+
+
+# --------------------------------------------------------------------------- client-facing
+# What a client call can raise. Each has a wire `code`, so a server's answer maps back to
+# the same class on the client; `retryable` says whether the client may try again.
+
+
+class RequestError(RinglockError):
+    """A request was answered with an error (or could not be answered at all)."""
+
+    code = "Error"
+    retryable = False
+
+
+class NotLeader(RequestError):
+    """The replica asked does not lead the shard; `leader` is its best guess (an address)."""
+
+    code = "NotLeader"
+    retryable = True
+
+    def __init__(self, message: str = "not the leader", leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class WrongShard(RequestError):
+    """The node holds no replica of the shard, or the client's shard map is stale."""
+
+    code = "WrongShard"
+    retryable = True
+
+
+class Unavailable(RequestError):
+    """No node answered, or the shard has no leader yet; retried inside the deadline."""
+
+    code = "Unavailable"
+    retryable = True
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The call's deadline passed; a write may or may not have been applied."""
+
+    code = "Timeout"
+    retryable = False
+
+
+class TooLarge(RequestError, ValueError):
+    """A key, value, frame or batch exceeded its named limit; nothing was changed."""
+
+    code = "TooLarge"
+
+
+class BadRequest(RequestError, ValueError):
+    """The request was malformed or names an unknown command; nothing was changed."""
+
+    code = "BadRequest"
+
+
+class CommandFailed(RequestError):
+    """The state machine refused the command (e.g. an unknown lease); nothing changed."""
+
+    code = "CommandFailed"
+
+
+class NotFound(RequestError):
+    """The lease (or other named object) does not exist: it expired or was revoked."""
+
+    code = "NotFound"
+
+
+ERROR_CODES: dict[str, type[RequestError]] = {
+    cls.code: cls
+    for cls in (NotLeader, WrongShard, Unavailable, RequestTimeout, TooLarge, BadRequest,
+                CommandFailed, NotFound)
+}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import click
 
+from ringlock.cli.bench import bench
 from ringlock.cli.demo import demo
+from ringlock.cli.dev import dev
+from ringlock.cli.kv import delete, get, put, scan, status
+from ringlock.cli.serve import serve
 from ringlock.cli.sim import sim
 
 
@@ -14,8 +18,8 @@ def cli() -> None:
     """ringlock: a sharded, replicated key-value store and lock service."""
 
 
-cli.add_command(sim)
-cli.add_command(demo)
+for command in (sim, demo, serve, dev, put, get, delete, scan, status, bench):
+    cli.add_command(command)
 
 
 def main() -> None:

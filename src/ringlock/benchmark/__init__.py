@@ -1,0 +1,1 @@
+"""Load generators for `ringlock bench`. Benchmarks, not tests: they measure, never assert."""

@@ -1,0 +1,133 @@
+"""`ringlock bench`: W1 put, W2 linearizable get, W3 50/50 mix, on a cluster it starts
+(or one named with --cluster), with a progress bar and a final table."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ringlock.benchmark import kv
+from ringlock.devcluster import DevCluster
+
+
+@click.command()
+@click.option("--cluster", default=None, help="host:port,... of a running cluster "
+              "(default: start a fresh 3-node cluster in a temporary directory).")
+@click.option("--workloads", default="W1,W2,W3", show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@click.option("--in-flight", type=click.IntRange(1, 10_000), default=64, show_default=True)
+@click.option("--keys", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Load generator processes (the in-flight requests are split among them).")
+@click.option("--shards", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--no-fsync", is_flag=True, help="Start the cluster without fsync (UNSAFE).")
+@click.option("--idle", "idle_seconds", type=click.FloatRange(0, 600), default=0,
+              help="Also measure each node's CPU while idle for this many seconds.")
+@click.option("--memory-keys", type=click.IntRange(0, 100_000_000), default=0,
+              help="Also load this many 100-byte values and report each node's RSS.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON too.")
+def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, keys: int,
+          processes: int, shards: int, no_fsync: bool, idle_seconds: float, memory_keys: int,
+          as_json: bool) -> None:
+    """Measure throughput and latency. A benchmark, not a test."""
+    names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
+    unknown = [w for w in names if w not in kv.WORKLOADS]
+    if unknown:
+        raise click.UsageError(f"unknown workloads {unknown}; known: {sorted(kv.WORKLOADS)}")
+    with tempfile.TemporaryDirectory(prefix="ringlock-bench-") as tmp:
+        dev = None
+        if cluster is None:
+            dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=_free_port_run(),
+                             shards=shards, fsync=not no_fsync, name="bench")
+            click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
+                       f"{'off' if no_fsync else 'on'}) in {dev.data_dir} ...")
+            dev.start()
+            addresses = dev.addresses
+        else:
+            addresses = cluster.split(",")
+        try:
+            report = _run(addresses, dev, names, seconds, in_flight, keys, processes,
+                          idle_seconds, memory_keys)
+        finally:
+            if dev is not None:
+                dev.stop()
+    _print(report)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+def _run(addresses: list[str], dev: DevCluster | None, names: list[str], seconds: float,
+         in_flight: int, keys: int, processes: int, idle_seconds: float,
+         memory_keys: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"in_flight": in_flight, "keys": keys, "processes": processes,
+                              "seconds": seconds, "results": []}
+    if idle_seconds and dev is not None:
+        report["idle_cpu_percent"] = _idle_cpu(dev, idle_seconds)
+    if any(n in ("W2", "W3") for n in names):
+        click.echo(f"preloading {keys} keys ...")
+        kv.preload(addresses, keys)
+    for name in names:
+        with click.progressbar(length=1000, label=f"{name} ({kv.WORKLOADS[name]})") as bar:
+            done = [0]
+
+            def tick(fraction: float, bar: Any = bar, done: list[int] = done) -> None:
+                target = int(fraction * 1000)
+                bar.update(target - done[0])
+                done[0] = target
+
+            result = kv.run_workload(addresses, name, seconds=seconds, in_flight=in_flight,
+                                     keys=keys, processes=processes, on_tick=tick)
+            tick(1.0)
+        report["results"].append(kv.summary(result))
+    if memory_keys and dev is not None:
+        click.echo(f"loading {memory_keys} keys of {kv.VALUE_BYTES} bytes ...")
+        started = time.monotonic()
+        kv.preload(addresses, memory_keys)
+        report["memory"] = {"keys": memory_keys,
+                            "load_seconds": round(time.monotonic() - started, 1),
+                            "rss_mib": {str(n): round(kv.rss_kib(p.pid) / 1024, 1)
+                                        for n, p in dev.nodes.items() if p.pid}}
+    return report
+
+
+def _idle_cpu(dev: DevCluster, seconds: float) -> dict[str, float]:
+    pids = {n: p.pid for n, p in dev.nodes.items() if p.pid}
+    before = {n: kv.cpu_seconds(pid) for n, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {str(n): round(100 * (kv.cpu_seconds(pid) - before[n]) / elapsed, 2)
+            for n, pid in pids.items()}
+
+
+def _free_port_run() -> int:
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base: int = probe.getsockname()[1]
+        try:
+            for port in range(base, base + 3):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise click.ClickException("no free loopback ports")
+
+
+def _print(report: dict[str, Any]) -> None:
+    click.echo(f"\n{'workload':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for row in report["results"]:
+        click.echo(f"{row['workload']:<10}{row['ops_per_s']:>10}{row['p50_ms']:>10}"
+                   f"{row['p99_ms']:>10}{row['errors']:>8}")
+    if "idle_cpu_percent" in report:
+        click.echo(f"idle CPU per node (% of a core): {report['idle_cpu_percent']}")
+    if "memory" in report:
+        click.echo(f"memory: {report['memory']}")

@@ -1,0 +1,46 @@
+"""`ringlock dev`: a local cluster of real processes, stopped on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import click
+
+from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
+
+
+@click.command()
+@click.option("--nodes", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--data", "data_dir", default=DEFAULT_DATA_DIR, show_default=True,
+              type=click.Path(file_okay=False), help="Where every node keeps its data.")
+@click.option("--port", type=click.IntRange(1024, 65000), default=DEFAULT_BASE_PORT,
+              show_default=True, help="First node's port; the others follow.")
+@click.option("--shards", type=click.IntRange(1, 4096), default=64, show_default=True)
+def dev(nodes: int, data_dir: str, port: int, shards: int) -> None:
+    """Start a local cluster on loopback and keep it running until Ctrl-C."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    cluster = DevCluster(data_dir, nodes=nodes, base_port=port, shards=shards)
+    started = time.monotonic()
+    try:
+        cluster.start(wait=False)
+        click.echo(f"starting {len(cluster.nodes)} nodes, data in {cluster.data_dir} ...")
+        cluster.wait_ready()
+        click.echo(f"ready in {time.monotonic() - started:.1f} s: every one of "
+                   f"{cluster.shards} shards has a leader")
+        for node_id, node in sorted(cluster.nodes.items()):
+            click.echo(f"  node {node_id}  {node.address}  pid {node.pid}  "
+                       f"log {node.data_dir / 'node.log'}")
+        click.echo(f"\n  export RINGLOCK_CLUSTER={cluster.cluster}\n\nCtrl-C stops the cluster.")
+        while not stop.wait(0.5):
+            for node_id, node in cluster.nodes.items():
+                if node.process is not None and node.process.poll() is not None:
+                    click.echo(f"node {node_id} exited ({node.process.returncode}); "
+                               "restarting it", err=True)
+                    cluster.start_node(node_id)
+    finally:
+        click.echo("stopping the cluster ...")
+        cluster.stop()

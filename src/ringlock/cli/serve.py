@@ -1,0 +1,71 @@
+"""`ringlock serve`: run one node in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from ringlock.errors import ConfigError
+from ringlock.server.config import build_config, load_toml, parse_peers
+
+
+def setup_logging(node: int, level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s node={node} %(name)s: %(message)s",
+    )
+
+
+@click.command()
+@click.option("--id", "node_id", type=click.IntRange(1, 2**31), help="This node's id.")
+@click.option("--listen", help="HOST:PORT for clients and peers.")
+@click.option("--peers", help="Every node: ID=HOST:PORT,... (this one included).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data directory.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="TOML file with the same settings; flags override it.")
+@click.option("--shards", type=click.IntRange(1, 4096), help="Shards (fixed at creation).")
+@click.option("--cluster", "cluster_name", help="Cluster name peers must share.")
+@click.option("--tick-ms", type=click.IntRange(1, 10_000), help="Raft tick interval.")
+@click.option("--election-ticks", type=click.IntRange(2, 1000))
+@click.option("--no-fsync", is_flag=True, default=None,
+              help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: str | None,
+          config_file: str | None, shards: int | None, cluster_name: str | None,
+          tick_ms: int | None, election_ticks: int | None, no_fsync: bool | None,
+          log_level: str) -> None:
+    """Run a ringlock node."""
+    try:
+        settings: dict[str, Any] = load_toml(config_file) if config_file else {}
+        flags = {"node_id": node_id, "listen": listen, "data_dir": data_dir, "shards": shards,
+                 "cluster": cluster_name, "tick_ms": tick_ms, "election_ticks": election_ticks,
+                 "peers": parse_peers(peers) if peers else None,
+                 "fsync": False if no_fsync else None}
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        for required in ("node_id", "listen", "data_dir"):
+            if required not in settings:
+                raise ConfigError(f"--{required.replace('_dir', '').replace('node_', '')} "
+                                  "is required (flag or config file)")
+        settings.setdefault("peers", {settings["node_id"]: settings["listen"]})
+        config = build_config(settings)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    setup_logging(config.node_id, log_level)
+    asyncio.run(_run(config))
+
+
+async def _run(config: Any) -> None:
+    from ringlock.server.node import Node
+
+    node = Node(config)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(node.stop()))
+    await node.stopped.wait()

@@ -1,0 +1,322 @@
+"""`AsyncClient`: the cluster as a few awaitable calls.
+
+Where it sends: the client caches the shard map (how many shards, which nodes hold
+them, who leads each) and sends a request straight to its shard's leader. `NotLeader`
+carries the leader's address and is followed at once; `Unavailable` and broken
+connections are retried on the next replica after an exponential backoff with full
+jitter; everything happens inside the call's deadline, after which `RequestTimeout`.
+
+Exactly once: every write carries (client id, seq), the same on every retry, so a write
+whose answer was lost is applied once even if it is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringlock.errors import (
+    ConfigError,
+    NotLeader,
+    RequestError,
+    RequestTimeout,
+    Unavailable,
+    WrongShard,
+)
+from ringlock.sharding.keys import shard_of
+from ringlock.statemachine.kv import KeyValue
+from ringlock.transport.rpc import RpcConnection
+
+DEFAULT_CLUSTER = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+"""Where `ringlock dev` puts its nodes; used when nothing else names a cluster."""
+DEFAULT_TIMEOUT_S = 10.0
+ATTEMPT_TIMEOUT_S = 2.0
+"""One try at one node; a paused or partitioned node costs at most this before failover."""
+BACKOFF_BASE_S = 0.02
+BACKOFF_MAX_S = 0.5
+
+Key = str | bytes
+
+
+def cluster_addresses(cluster: str | Iterable[str] | None) -> list[str]:
+    """The argument, else $RINGLOCK_CLUSTER, else the default `ringlock dev` cluster."""
+    if cluster is None:
+        cluster = os.environ.get("RINGLOCK_CLUSTER") or DEFAULT_CLUSTER
+    if isinstance(cluster, str):
+        cluster = cluster.split(",")
+    addresses = [a.strip() for a in cluster if a.strip()]
+    if not addresses:
+        raise ConfigError("no cluster address given")
+    return addresses
+
+
+def to_bytes(key: Key) -> bytes:
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"keys and values are str or bytes, not {type(key).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease lives on one shard; keys attached to it must hash to that shard (use a
+    `{hash tag}`), because a lease's expiry deletes its keys in one shard's log."""
+
+    id: int
+    shard: int
+    ttl_ms: int
+
+
+@dataclass
+class ShardMap:
+    shards: int = 0
+    nodes: dict[int, str] = field(default_factory=dict)
+    replicas: list[int] = field(default_factory=list)
+    leaders: dict[int, str] = field(default_factory=dict)
+
+
+def decode_kv(raw: Any) -> KeyValue | None:
+    if raw is None:
+        return None
+    return KeyValue(*raw)
+
+
+class AsyncClient:
+    def __init__(self, cluster: str | Iterable[str] | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.seeds = cluster_addresses(cluster)
+        self.timeout = timeout
+        self.client_id = secrets.randbits(62) + 1
+        self._seq = 0
+        self._connections: dict[str, RpcConnection] = {}
+        self._map = ShardMap()
+        self._map_lock: asyncio.Lock | None = None
+        self._rng = random.Random()
+        self.retries = 0
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            await connection.close()
+
+    # ------------------------------------------------------------------ key-value
+
+    async def get(self, key: Key, *, consistency: str = "linearizable",
+                  timeout: float | None = None) -> bytes | None:
+        kv = await self.get_kv(key, consistency=consistency, timeout=timeout)
+        return None if kv is None else kv.value
+
+    async def get_kv(self, key: Key, *, consistency: str = "linearizable",
+                     timeout: float | None = None) -> KeyValue | None:
+        k = to_bytes(key)
+        raw = await self._keyed({"op": "get", "key": k, "consistency": consistency}, k,
+                                timeout, stale_ok=consistency == "stale")
+        return decode_kv(raw)
+
+    async def put(self, key: Key, value: Key, *, lease: Lease | None = None,
+                  prev: bool = False, timeout: float | None = None) -> KeyValue | None:
+        k = to_bytes(key)
+        body: dict[str, Any] = {"op": "put", "key": k, "value": to_bytes(value),
+                                "prev": prev}
+        if lease is not None:
+            await self._ensure_map(timeout)
+            if shard_of(k, self._map.shards) != lease.shard:
+                raise ValueError(f"key {k!r} is not on lease {lease.id}'s shard {lease.shard}; "
+                                 "give related keys a common {hash tag}")
+            body["lease"] = lease.id
+        return decode_kv(await self._keyed(self._session(body), k, timeout))
+
+    async def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+        k = to_bytes(key)
+        return bool(await self._keyed(self._session({"op": "delete", "key": k}), k, timeout))
+
+    async def compare_and_set(self, key: Key, expected: Key | None, value: Key | None, *,
+                              timeout: float | None = None) -> bool:
+        """Set `key` to `value` (delete it when None) if its value is `expected` (absent
+        when None). True if it was changed."""
+        return await self.cas(key, "value", None if expected is None else to_bytes(expected),
+                              value, timeout=timeout)
+
+    async def cas(self, key: Key, target: str, expected: Any, value: Key | None, *,
+                  timeout: float | None = None) -> bool:
+        """Compare `target` ("value", "version" or "mod_revision") with `expected`, then
+        put `value` (or delete when None)."""
+        k = to_bytes(key)
+        body: dict[str, Any] = {"op": "cas", "key": k, "target": target, "expected": expected,
+                                "then": "delete" if value is None else "put",
+                                "value": b"" if value is None else to_bytes(value)}
+        return bool(await self._keyed(self._session(body), k, timeout))
+
+    async def scan(self, prefix: Key = b"", *, limit: int = 1000, after: Key = b"",
+                   consistency: str = "linearizable",
+                   timeout: float | None = None) -> list[KeyValue]:
+        """Keys starting with `prefix` after `after`, in key order, at most `limit`:
+        every shard is asked, and the answers merged."""
+        await self._ensure_map(timeout)
+        p, a = to_bytes(prefix), to_bytes(after)
+        calls = [self._shard_call(shard, {"op": "scan", "shard": shard, "prefix": p,
+                                          "after": a, "limit": limit,
+                                          "consistency": consistency}, timeout,
+                                  stale_ok=consistency == "stale")
+                 for shard in range(self._map.shards)]
+        found = [KeyValue(*raw) for part in await asyncio.gather(*calls) for raw in part]
+        found.sort(key=lambda kv: kv.key)
+        return found[:limit]
+
+    # ---------------------------------------------------------------------- leases
+
+    async def grant_lease(self, ttl: float, *, near: Key = b"",
+                          timeout: float | None = None) -> Lease:
+        """A lease of `ttl` seconds on the shard of `near`; keep it with `keepalive`."""
+        await self._ensure_map(timeout)
+        shard = shard_of(to_bytes(near), self._map.shards)
+        ttl_ms = round(ttl * 1000)
+        lease_id = self._rng.randrange(1, 2**62)
+        await self._shard_call(shard, self._session(
+            {"op": "lease_grant", "shard": shard, "ttl_ms": ttl_ms, "lease": lease_id}), timeout)
+        return Lease(lease_id, shard, ttl_ms)
+
+    async def keepalive(self, lease: Lease, *, timeout: float | None = None) -> None:
+        await self._shard_call(lease.shard, {"op": "lease_keepalive", "shard": lease.shard,
+                                             "lease": lease.id}, timeout)
+
+    async def revoke(self, lease: Lease, *, timeout: float | None = None) -> int:
+        return int(await self._shard_call(lease.shard, self._session(
+            {"op": "lease_revoke", "shard": lease.shard, "lease": lease.id}), timeout))
+
+    # ---------------------------------------------------------------------- cluster
+
+    async def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every node's own report; a node that does not answer gets {"error": ...}."""
+        await self._ensure_map(timeout)
+        budget = ATTEMPT_TIMEOUT_S if timeout is None else timeout
+
+        async def one(node: int, address: str) -> dict[str, Any]:
+            try:
+                result: dict[str, Any] = await self._connection(address).call(
+                    {"op": "status"}, budget)
+                return result
+            except (RequestError, TimeoutError, OSError) as error:
+                return {"node": node, "address": address, "error": str(error) or "timeout"}
+
+        nodes = sorted(self._map.nodes.items())
+        return list(await asyncio.gather(*(one(n, a) for n, a in nodes)))
+
+    async def shard_map(self, *, timeout: float | None = None) -> ShardMap:
+        await self._ensure_map(timeout, refresh=True)
+        return self._map
+
+    # ------------------------------------------------------------------- plumbing
+
+    def _session(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._seq += 1
+        body["client"] = self.client_id
+        body["seq"] = self._seq
+        return body
+
+    def _connection(self, address: str) -> RpcConnection:
+        connection = self._connections.get(address)
+        if connection is None or connection.broken:
+            connection = RpcConnection(address)
+            self._connections[address] = connection
+        return connection
+
+    async def _ensure_map(self, timeout: float | None, *, refresh: bool = False) -> None:
+        if self._map.shards and not refresh:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        candidates = list(dict.fromkeys([*self.seeds, *self._map.nodes.values()]))
+        attempt = 0
+        last: Exception | None = None
+        while loop.time() < deadline:
+            address = candidates[attempt % len(candidates)]
+            attempt += 1
+            budget = min(ATTEMPT_TIMEOUT_S, max(0.001, deadline - loop.time()))
+            try:
+                raw = await self._connection(address).call({"op": "map"}, budget)
+            except (RequestError, TimeoutError, OSError) as error:
+                last = error
+                if attempt % len(candidates) == 0:
+                    await self._backoff(attempt // len(candidates), deadline)
+                continue
+            nodes = {int(n): a for n, a in raw["nodes"].items()}
+            self._map = ShardMap(
+                shards=int(raw["shards"]), nodes=nodes, replicas=list(raw["replicas"]),
+                leaders={int(s): nodes[int(n)] for s, n in raw["leaders"].items()
+                         if int(n) in nodes},
+            )
+            return
+        raise RequestTimeout(f"no node of {candidates} answered with the shard map: {last}")
+
+    async def _keyed(self, body: dict[str, Any], key: bytes, timeout: float | None, *,
+                     stale_ok: bool = False) -> Any:
+        await self._ensure_map(timeout)
+        shard = shard_of(key, self._map.shards)
+        body["shard"] = shard
+        return await self._shard_call(shard, body, timeout, stale_ok=stale_ok)
+
+    async def _shard_call(self, shard: int, body: dict[str, Any], timeout: float | None, *,
+                          stale_ok: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        last: Exception | None = None
+        tried_other = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RequestTimeout(f"shard {shard}: no answer within the deadline "
+                                     f"after {attempt} attempts; last error: {last}")
+            address = self._pick(shard, stale_ok, avoid=tried_other)
+            attempt += 1
+            try:
+                return await self._connection(address).call(
+                    dict(body), min(ATTEMPT_TIMEOUT_S, remaining))
+            except NotLeader as error:
+                last = error
+                self.retries += 1
+                if error.leader and error.leader != address:
+                    self._map.leaders[shard] = error.leader
+                    tried_other = False
+                    continue
+                self._map.leaders.pop(shard, None)
+                tried_other = True
+            except WrongShard as error:
+                last = error
+                self.retries += 1
+                await self._ensure_map(remaining, refresh=True)
+            except (Unavailable, TimeoutError, OSError) as error:
+                last = error
+                self.retries += 1
+                if self._map.leaders.get(shard) == address:
+                    del self._map.leaders[shard]
+                tried_other = True
+            await self._backoff(attempt, deadline)
+
+    def _pick(self, shard: int, stale_ok: bool, avoid: bool) -> str:
+        replicas = [self._map.nodes[n] for n in self._map.replicas if n in self._map.nodes]
+        if stale_ok and replicas:
+            return self._rng.choice(replicas)
+        leader = self._map.leaders.get(shard)
+        if leader is not None and not avoid:
+            return leader
+        return self._rng.choice(replicas or self.seeds)
+
+    async def _backoff(self, attempt: int, deadline: float) -> None:
+        """Exponential backoff with full jitter, never past the deadline."""
+        loop = asyncio.get_running_loop()
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(attempt, 10))
+        await asyncio.sleep(min(self._rng.uniform(0, ceiling), max(0, deadline - loop.time())))

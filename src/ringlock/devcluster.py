@@ -1,0 +1,182 @@
+"""A local cluster of real node processes on loopback, for `ringlock dev`, tests and bench.
+
+The cluster's shape (node ids, addresses, shards, name) is written to
+`DATA/cluster.json` on first start; a later start on the same directory restarts the
+same cluster with its data. Every process is started in its own session and stopped by
+its PID (SIGTERM, then SIGKILL after a grace period), never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ringlock.errors import ConfigError, RequestError
+
+DEFAULT_DATA_DIR = ".ringlock"
+DEFAULT_BASE_PORT = 7101
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+POLL_INTERVAL_S = 0.05
+
+
+@dataclass
+class NodeProcess:
+    node_id: int
+    address: str
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class DevCluster:
+    def __init__(self, data_dir: str | Path = DEFAULT_DATA_DIR, *, nodes: int = 3,
+                 base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1",
+                 shards: int = 64, fsync: bool = True, extra_args: tuple[str, ...] = (),
+                 name: str = "ringlock-dev") -> None:
+        if not 1 <= nodes <= 64:
+            raise ConfigError(f"nodes must be in 1..64, got {nodes}")
+        if not host.startswith("127."):
+            raise ConfigError(f"a dev cluster listens on loopback only, not {host}")
+        self.data_dir = Path(data_dir).absolute()
+        self.fsync = fsync
+        self.extra_args = extra_args
+        shape_file = self.data_dir / "cluster.json"
+        if shape_file.exists():
+            shape = json.loads(shape_file.read_text())
+        else:
+            shape = {"name": name, "shards": shards,
+                     "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = shape_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(shape, indent=2))
+            os.replace(tmp, shape_file)
+        self.name: str = shape["name"]
+        self.shards: int = shape["shards"]
+        self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}")
+                      for i, a in shape["nodes"].items()}
+        self._client: Any = None
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for _, n in sorted(self.nodes.items())]
+
+    @property
+    def cluster(self) -> str:
+        return ",".join(self.addresses)
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self, *, wait: bool = True) -> DevCluster:
+        for node_id in self.nodes:
+            self.start_node(node_id)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def start_node(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.running:
+            return
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        peers = ",".join(f"{i}={n.address}" for i, n in sorted(self.nodes.items()))
+        command = [sys.executable, "-m", "ringlock", "serve", "--id", str(node_id),
+                   "--listen", node.address, "--peers", peers, "--data", str(node.data_dir),
+                   "--shards", str(self.shards), "--cluster", self.name, *self.extra_args]
+        if not self.fsync:
+            command.append("--no-fsync")
+        with open(node.data_dir / "node.log", "ab") as log:
+            node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, start_new_session=True)
+        (node.data_dir / "pid").write_text(str(node.process.pid))
+
+    def signal_node(self, node_id: int, signum: int) -> None:
+        node = self.nodes[node_id]
+        if node.process is not None and node.process.poll() is None:
+            os.kill(node.process.pid, signum)
+
+    def kill(self, node_id: int) -> None:
+        """kill -9, and reap it."""
+        self.signal_node(node_id, signal.SIGKILL)
+        process = self.nodes[node_id].process
+        if process is not None:
+            process.wait(timeout=STOP_GRACE_S)
+
+    def stop_node(self, node_id: int, *, grace: float = STOP_GRACE_S) -> None:
+        process = self.nodes[node_id].process
+        if process is None or process.poll() is not None:
+            return
+        self.signal_node(node_id, signal.SIGCONT)  # a paused node cannot handle SIGTERM
+        self.signal_node(node_id, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill(node_id)
+
+    def stop(self) -> None:
+        for node_id, node in self.nodes.items():
+            if node.running:
+                self.signal_node(node_id, signal.SIGCONT)
+                self.signal_node(node_id, signal.SIGTERM)
+        for node_id in self.nodes:
+            self.stop_node(node_id)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> DevCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ readiness
+
+    def client(self, **kwargs: Any) -> Any:
+        from ringlock.client import Client
+
+        return Client(self.addresses, **kwargs)
+
+    def leaders(self) -> dict[int, int]:
+        """shard -> node id, as the running nodes report their own leadership."""
+        if self._client is None:
+            self._client = self.client(timeout=2.0)
+        leaders: dict[int, int] = {}
+        for report in self._client.status(timeout=1.0):
+            for shard, role, *_ in report.get("shards", []):
+                if role == 3:  # Role.LEADER
+                    leaders[shard] = report["node"]
+        return leaders
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[int, int]:
+        """Poll until every shard has a leader; raise with what is missing at the deadline."""
+        deadline = time.monotonic() + timeout
+        leaders: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            for node_id, node in self.nodes.items():
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"node {node_id} exited with {node.process.returncode}; "
+                                       f"see {node.data_dir / 'node.log'}")
+            try:
+                leaders = self.leaders()
+            except (RequestError, OSError):
+                leaders = {}
+            if len(leaders) == self.shards:
+                return leaders
+            time.sleep(POLL_INTERVAL_S)
+        missing = sorted(set(range(self.shards)) - set(leaders))
+        raise TimeoutError(f"after {timeout} s, shards without a leader: {missing[:10]}...")

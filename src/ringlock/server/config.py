@@ -1,0 +1,132 @@
+"""A node's settings: flags or a TOML file, every limit named, checked in one place."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ringlock.address import parse_address
+from ringlock.codec.frames import MAX_FRAME_BYTES
+from ringlock.errors import ConfigError
+from ringlock.sharding.keys import DEFAULT_SHARDS, MAX_SHARDS
+
+DEFAULT_PORT = 7101
+DEFAULT_TICK_MS = 100
+"""Raft ticks every 100 ms: heartbeats every tick, elections after 1-2 s of silence.
+Shorter ticks cost heartbeats for every shard on every node."""
+DEFAULT_ELECTION_TICKS = 10
+DEFAULT_HEARTBEAT_TICKS = 1
+DEFAULT_REPLICAS = 3
+MAX_KEY_BYTES = 4 * 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_INFLIGHT_PER_CONNECTION = 4096
+"""Requests one client connection may have unanswered; more get `TooLarge`."""
+MAX_PEER_FRAME_BYTES = 64 * 1024 * 1024
+"""Peers send snapshots of whole shards; a client never gets more than MAX_FRAME_BYTES."""
+DEFAULT_COMPACT_EVERY = 10_000
+"""A shard snapshots its state and cuts its log after this many applied entries."""
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """`1=127.0.0.1:7101,2=127.0.0.1:7102` -> {1: "127.0.0.1:7101", ...}."""
+    peers: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node, sep, address = item.partition("=")
+        if not sep or not node.isdigit() or int(node) <= 0:
+            raise ConfigError(f"peer must be ID=HOST:PORT with a positive ID, got {item!r}")
+        parse_address(address)
+        peers[int(node)] = address
+    return peers
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    listen: str
+    data_dir: str
+    peers: dict[int, str] = field(default_factory=dict)
+    """Every node of the cluster by id, this one included."""
+    cluster: str = "ringlock"
+    """A name peers must present: a node never joins a cluster of another name."""
+    shards: int = DEFAULT_SHARDS
+    replicas: int = DEFAULT_REPLICAS
+    tick_ms: int = DEFAULT_TICK_MS
+    election_ticks: int = DEFAULT_ELECTION_TICKS
+    heartbeat_ticks: int = DEFAULT_HEARTBEAT_TICKS
+    fsync: bool = True
+    compact_every: int = DEFAULT_COMPACT_EVERY
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = MAX_VALUE_BYTES
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_peer_frame_bytes: int = MAX_PEER_FRAME_BYTES
+    max_inflight_per_connection: int = MAX_INFLIGHT_PER_CONNECTION
+
+    def validate(self) -> NodeConfig:
+        if self.node_id <= 0:
+            raise ConfigError(f"node_id must be positive, got {self.node_id}")
+        parse_address(self.listen)
+        if self.node_id not in self.peers:
+            raise ConfigError(f"peers must include this node ({self.node_id})")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"shards must be in 1..{MAX_SHARDS}, got {self.shards}")
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be at least 1, got {self.replicas}")
+        if not 1 <= self.tick_ms <= 10_000:
+            raise ConfigError(f"tick_ms must be in 1..10000, got {self.tick_ms}")
+        if self.election_ticks <= self.heartbeat_ticks or self.heartbeat_ticks < 1:
+            raise ConfigError("election_ticks must exceed heartbeat_ticks, which must be >= 1")
+        for name in ("compact_every", "max_key_bytes", "max_value_bytes", "max_frame_bytes",
+                     "max_inflight_per_connection"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_value_bytes + self.max_key_bytes + 1024 > self.max_frame_bytes:
+            raise ConfigError("max_frame_bytes must hold a largest key and value with room")
+        return self
+
+    @property
+    def replica_nodes(self) -> list[int]:
+        """Nodes that hold a replica of every shard (placement proper comes with the ring)."""
+        return sorted(self.peers)[: self.replicas]
+
+    def address_of(self, node: int) -> str | None:
+        return self.peers.get(node)
+
+
+_TOML_KEYS = {f.name for f in fields(NodeConfig)}
+
+
+def load_toml(path: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Settings from a TOML file (keys as in NodeConfig, `peers` a table of id = address)."""
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    unknown = set(raw) - _TOML_KEYS
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {sorted(unknown)}")
+    settings = dict(base or {})
+    for key, value in raw.items():
+        if key == "peers":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config file {path}: peers must be a table id = address")
+            value = parse_peers(",".join(f"{k}={v}" for k, v in value.items()))
+        settings[key] = value
+    return settings
+
+
+def build_config(settings: dict[str, Any]) -> NodeConfig:
+    try:
+        config = NodeConfig(**settings)
+    except TypeError as error:
+        raise ConfigError(f"bad node settings: {error}") from error
+    for f in fields(NodeConfig):
+        value = getattr(config, f.name)
+        expected = {"int": int, "str": str, "bool": bool}.get(str(f.type))
+        if expected is not None and not isinstance(value, expected):
+            raise ConfigError(f"{f.name} must be {f.type}, got {value!r}")
+    return replace(config).validate()

@@ -1,0 +1,138 @@
+"""One accepted TCP connection: a client's pipelined requests, or a peer's Raft stream.
+
+Answers are gathered and written once per loop turn, so a pipelining client costs one
+`send` per turn, not one per request. A malformed frame gets a typed error frame and the
+connection is closed: its byte stream can no longer be trusted to be in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ringlock.codec.frames import FrameDecoder, FrameError, FrameTooLarge, encode_frame
+from ringlock.errors import BadRequest, RequestError, TooLarge
+from ringlock.server.requests import encode_result, error_body
+
+if TYPE_CHECKING:
+    from ringlock.server.node import Node
+
+log = logging.getLogger("ringlock.server")
+READ_CHUNK = 256 * 1024
+
+
+class Connection:
+    def __init__(self, node: Node, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.node = node
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(max_frame_bytes=node.config.max_frame_bytes)
+        self.peer: int | None = None
+        self.inflight = 0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.closed = False
+        peer = writer.get_extra_info("peername")
+        self.name = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    async def serve(self) -> None:
+        try:
+            while not self.closed:
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    break
+                try:
+                    bodies = self.decoder.feed(data)
+                except FrameTooLarge as error:
+                    self._refuse(TooLarge(str(error)))
+                    break
+                except FrameError as error:
+                    self._refuse(BadRequest(str(error)))
+                    break
+                for body in bodies:
+                    self._handle(body)
+                if len(self._out) > 0 and self.writer.transport.get_write_buffer_size() > 8 << 20:
+                    self._flush()
+                    await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._flush()
+            self.closed = True
+            self.writer.close()
+
+    def _refuse(self, error: RequestError) -> None:
+        log.warning("connection %s: %s; closing it", self.name, error)
+        self._out.append(encode_frame(error_body(0, error)))
+
+    def _handle(self, body: Any) -> None:
+        if self.peer is not None:
+            raft = body.get("raft") if isinstance(body, dict) else None
+            if not isinstance(raft, list):
+                log.warning("peer %d sent a frame without raft messages", self.peer)
+                return
+            self.node.on_raft_messages(self.peer, raft)
+            return
+        if not isinstance(body, dict):
+            self.send_error(0, BadRequest("a request must be a map"))
+            return
+        request_id = body.get("id")
+        if type(request_id) is not int:
+            self.send_error(0, BadRequest("a request needs an integer 'id'"))
+            return
+        if body.get("op") == "hello":
+            self._hello(request_id, body)
+            return
+        if self.inflight >= self.node.config.max_inflight_per_connection:
+            limit = self.node.config.max_inflight_per_connection
+            self.send_error(request_id, TooLarge(
+                f"{self.inflight} requests in flight on this connection "
+                f"(max_inflight_per_connection={limit})"))
+            return
+        self.inflight += 1
+        self.node.dispatch(body, self._replier(request_id))
+
+    def _hello(self, request_id: int, body: dict[str, Any]) -> None:
+        node = body.get("node")
+        if body.get("cluster") != self.node.config.cluster:
+            self.send_error(request_id, BadRequest(
+                f"this node belongs to cluster {self.node.config.cluster!r}"))
+            return
+        if type(node) is not int or node not in self.node.config.peers or node == self.node.id:
+            self.send_error(request_id, BadRequest(f"node {node!r} is not a peer of this node"))
+            return
+        self.peer = node
+        self.decoder.max_frame_bytes = self.node.config.max_peer_frame_bytes
+
+    def _replier(self, request_id: int) -> Any:
+        def reply(result: Any, error: RequestError | None) -> None:
+            self.inflight -= 1
+            if error is not None:
+                self.send_error(request_id, error)
+            else:
+                self._send({"id": request_id, "ok": encode_result(result)})
+
+        return reply
+
+    def send_error(self, request_id: int, error: RequestError) -> None:
+        self._send(error_body(request_id, error))
+
+    def _send(self, body: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            frame = encode_frame(body, max_frame_bytes=self.node.config.max_frame_bytes)
+        except FrameTooLarge as error:
+            frame = encode_frame(error_body(body["id"], TooLarge(str(error))))
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and not self.writer.is_closing():
+            self.writer.write(b"".join(self._out))
+        self._out = []

@@ -1,0 +1,421 @@
+"""The node process: hosts shard replicas and drives their Raft cores from one event loop.
+
+One turn of the drive loop, for every shard that has work (the documented Ready order):
+
+  1. take each shard's Ready; hand its entries, hard state and snapshot to the node's
+     one write-ahead log; a leader's APPENDs may leave now (thesis §10.2.1);
+  2. one fsync, in a worker thread, covers every shard's writes of this turn (group
+     commit). The loop keeps receiving and stepping messages meanwhile; no Ready is
+     finished, and so no client is answered and no follower acknowledges, before it;
+  3. send the remaining messages, apply committed entries, answer clients, serve reads,
+     advance the cores; then one frame per peer carries every shard's messages.
+
+Linearizable reads use ReadIndex (docs/PROTOCOL.md): the leader confirms with a quorum
+that it still leads, then serves from its state machine once applied up to the commit
+index it had. No clock is trusted for safety. `stale` reads are served by any replica
+from what it has applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ringlock.address import parse_address
+from ringlock.codec.frames import FrameError
+from ringlock.errors import (
+    BadRequest,
+    NotFound,
+    ProposalDropped,
+    RequestError,
+    Unavailable,
+    WrongShard,
+)
+from ringlock.raft.config import RaftConfig
+from ringlock.raft.messages import MessageType, Role
+from ringlock.server import requests as rq
+from ringlock.server.config import NodeConfig
+from ringlock.server.connection import Connection
+from ringlock.server.replica import Reply, ShardReplica
+from ringlock.statemachine.kv import encode
+from ringlock.storage import NodeStorage
+from ringlock.transport.peer import PeerLink
+from ringlock.transport.wire import decode_message, encode_message
+
+log = logging.getLogger("ringlock.server")
+
+SHUTDOWN_TRANSFER_S = 3.0
+"""How long a stopping node waits for its shards' leadership to move elsewhere."""
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config.validate()
+        self.id = config.node_id
+        self.replicas: dict[int, ShardReplica] = {}
+        self.links: dict[int, PeerLink] = {}
+        self.connections: set[Connection] = set()
+        self._dirty: set[int] = set()
+        self._wake = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._ticker: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0}
+        self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
+            "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
+            "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
+            "map": self._op_map, "lease_grant": self._op_lease_grant,
+            "lease_revoke": self._op_lease_revoke, "lease_keepalive": self._op_lease_keepalive,
+        }
+        self.storage: NodeStorage | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        config = self.config
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.storage = NodeStorage(config.data_dir, fsync=config.fsync)
+        voters = config.replica_nodes
+        if self.id in voters:
+            for shard in range(config.shards):
+                state = self.storage.load(shard)
+                raft_config = RaftConfig(
+                    node_id=self.id, group_id=shard, election_tick=config.election_ticks,
+                    heartbeat_tick=config.heartbeat_ticks, seed=random.randrange(2**31),
+                )
+                self.replicas[shard] = ShardReplica(
+                    raft_config, voters, hard_state=state.hard_state, snapshot=state.snapshot,
+                    entries=state.entries, address_of=config.address_of,
+                )
+        host, port = parse_address(config.listen)
+        self._server = await asyncio.start_server(self._accept, host, port, backlog=1024)
+        for peer, address in config.peers.items():
+            if peer != self.id:
+                link = PeerLink(self.id, peer, address, config.cluster,
+                                config.max_peer_frame_bytes)
+                link.start()
+                self.links[peer] = link
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._drive_loop()))
+        self._ticker = loop.call_later(config.tick_ms / 1000, self._tick)
+        log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",
+                 self.id, config.listen, len(self.replicas), config.data_dir, config.fsync)
+
+    async def stop(self, *, transfer: bool = True) -> None:
+        """Hand off leadership (unless told not to), then close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if transfer:
+            await self._transfer_leadership_away()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+        for replica in self.replicas.values():
+            replica.fail_all(Unavailable(f"node {self.id} is shutting down"))
+        for connection in list(self.connections):
+            connection.writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self.links.values():
+            await link.close()
+        if self.storage is not None:
+            self.storage.sync()
+            self.storage.close()
+        log.info("node %d stopped", self.id)
+        self.stopped.set()
+
+    async def _transfer_leadership_away(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_TRANSFER_S
+        while time.monotonic() < deadline:
+            leading = [r for r in self.replicas.values() if r.raft.role == Role.LEADER]
+            if not leading:
+                return
+            for replica in leading:
+                progress = replica.raft.progress
+                others = [n for n in progress if n != self.id
+                          and n in replica.raft.configuration.voters]
+                if not others:
+                    continue
+                target = max(others, key=lambda n: progress[n].match_index)
+                try:
+                    replica.raft.transfer_leadership(target)
+                except ProposalDropped:
+                    continue
+                self._mark(replica.shard)
+            await asyncio.sleep(0.05)
+        log.warning("node %d: leadership transfer did not finish in %.1f s",
+                     self.id, SHUTDOWN_TRANSFER_S)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = Connection(self, reader, writer)
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+
+    # ---------------------------------------------------------------------- inputs
+
+    def _mark(self, shard: int) -> None:
+        self._dirty.add(shard)
+        self._wake.set()
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.call_later(self.config.tick_ms / 1000, self._tick)
+        now = time.monotonic()
+        for shard, replica in self.replicas.items():
+            replica.raft.tick()
+            if replica.raft.role == Role.LEADER:
+                self._expire_leases(replica, now)
+            if replica.raft.has_ready():
+                self._mark(shard)
+
+    def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
+        for item in raw:
+            try:
+                message = decode_message(item)
+            except FrameError as error:
+                self.counters["raft_dropped"] += 1
+                log.warning("peer %d sent a bad raft message: %s", peer, error)
+                continue
+            replica = self.replicas.get(message.group)
+            if replica is None or message.to != self.id or message.frm != peer:
+                self.counters["raft_dropped"] += 1
+                continue
+            self.counters["raft_in"] += 1
+            replica.raft.step(message)
+            self._mark(message.group)
+
+    # ---------------------------------------------------------------------- driving
+
+    async def _drive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        storage = self.storage
+        assert storage is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            batch = []
+            for shard in dirty:
+                replica = self.replicas[shard]
+                if not replica.raft.has_ready():
+                    continue
+                rd = replica.raft.ready()
+                if rd.snapshot is not None:
+                    storage.save_snapshot(shard, rd.snapshot)
+                if rd.entries or rd.hard_state is not None:
+                    storage.append(shard, rd.hard_state, rd.entries)
+                if rd.appends_may_precede_persist:
+                    early = [m for m in rd.messages if m.type == MessageType.APPEND]
+                    if early:
+                        rd.messages = [m for m in rd.messages if m.type != MessageType.APPEND]
+                        self._send(early)
+                batch.append((replica, rd))
+            if storage.pending():
+                self._flush_links()
+                await loop.run_in_executor(None, storage.sync)
+                self.counters["syncs"] += 1
+            for replica, rd in batch:
+                self._send(rd.messages)
+                replica.finish(rd)
+                snapshot = replica.maybe_compact(self.config.compact_every)
+                if snapshot is not None:
+                    storage.save_snapshot(replica.shard, snapshot)
+                    storage.compact(replica.shard, snapshot.meta.index)
+                if replica.raft.has_ready():
+                    self._dirty.add(replica.shard)
+            self._flush_links()
+            if self._dirty:
+                self._wake.set()
+
+    def _send(self, messages: list[Any]) -> None:
+        links = self.links
+        for message in messages:
+            link = links.get(message.to)
+            if link is not None:
+                link.queue(encode_message(message))
+
+    def _flush_links(self) -> None:
+        for link in self.links.values():
+            link.flush()
+
+    # --------------------------------------------------------------------- requests
+
+    def dispatch(self, body: dict[str, Any], reply: Reply) -> None:
+        self.counters["requests"] += 1
+        op = body.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            reply(None, BadRequest(f"unknown command {op!r}; known: {sorted(self._ops)}"))
+            return
+        try:
+            handler(body, reply)
+        except RequestError as error:
+            reply(None, error)
+
+    def _replica(self, shard: int) -> ShardReplica:
+        replica = self.replicas.get(shard)
+        if replica is None:
+            holders = ", ".join(
+                f"{n}={self.config.peers[n]}" for n in self.config.replica_nodes
+            )
+            raise WrongShard(f"node {self.id} holds no replica of shard {shard}; "
+                             f"replicas: {holders}")
+        return replica
+
+    def _propose(self, shard: int, command: bytes, reply: Reply) -> None:
+        replica = self._replica(shard)
+        replica.propose(command, reply)
+        self._mark(shard)
+
+    def _read(self, shard: int, body: dict[str, Any], serve: Callable[[ShardReplica], Any],
+              reply: Reply) -> None:
+        replica = self._replica(shard)
+        if rq.checked_consistency(body) == "stale":
+            reply(serve(replica), None)
+            return
+        replica.read(lambda: reply(serve(replica), None), reply)
+        self._mark(shard)
+
+    def _op_get(self, body: dict[str, Any], reply: Reply) -> None:
+        shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
+        self._read(shard, body, lambda r: r.sm.get(key), reply)
+
+    def _op_scan(self, body: dict[str, Any], reply: Reply) -> None:
+        shard = rq.checked_shard(body, self.config.shards)
+        prefix = rq.field(body, "prefix", bytes, b"")
+        after = rq.field(body, "after", bytes, b"")
+        limit = rq.field(body, "limit", int, 1000)
+        if not 1 <= limit <= rq.MAX_SCAN_LIMIT:
+            raise BadRequest(f"limit must be in 1..{rq.MAX_SCAN_LIMIT}, got {limit}")
+        self._read(shard, body,
+                   lambda r: [rq.encode_kv(kv) for kv in r.sm.scan(prefix, limit, after)], reply)
+
+    def _op_put(self, body: dict[str, Any], reply: Reply) -> None:
+        shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
+        value = rq.checked_value(body, self.config.max_value_bytes)
+        client, seq = rq.checked_session(body)
+        lease = rq.field(body, "lease", int, 0)
+        prev = rq.field(body, "prev", bool, False)
+        self._propose(shard, encode("put", client, seq, key, value, lease, prev), reply)
+
+    def _op_delete(self, body: dict[str, Any], reply: Reply) -> None:
+        shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
+        client, seq = rq.checked_session(body)
+        prev = rq.field(body, "prev", bool, False)
+        self._propose(shard, encode("delete", client, seq, key, prev), reply)
+
+    def _op_cas(self, body: dict[str, Any], reply: Reply) -> None:
+        shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
+        client, seq = rq.checked_session(body)
+        target = rq.field(body, "target", str)
+        if target not in ("value", "version", "mod_revision"):
+            raise BadRequest(f"cas target must be value, version or mod_revision, not {target!r}")
+        expected = body.get("expected")
+        if target == "value" and expected is not None and not isinstance(expected, bytes):
+            raise BadRequest("cas on value expects bytes or None")
+        if target != "value" and (type(expected) is not int or expected < 0):
+            raise BadRequest(f"cas on {target} expects a non-negative int")
+        then = rq.field(body, "then", str)
+        if then not in ("put", "delete"):
+            raise BadRequest(f"cas then must be put or delete, not {then!r}")
+        value = rq.checked_value(body, self.config.max_value_bytes) if then == "put" else b""
+        self._propose(shard, encode("cas", client, seq, key, target, expected, then, value),
+                      reply)
+
+    def _op_lease_grant(self, body: dict[str, Any], reply: Reply) -> None:
+        shard = rq.checked_shard(body, self.config.shards)
+        ttl_ms = rq.field(body, "ttl_ms", int)
+        if not rq.MIN_LEASE_TTL_MS <= ttl_ms <= rq.MAX_LEASE_TTL_MS:
+            raise BadRequest(
+                f"ttl_ms must be in {rq.MIN_LEASE_TTL_MS}..{rq.MAX_LEASE_TTL_MS}, got {ttl_ms}")
+        client, seq = rq.checked_session(body)
+        lease = rq.field(body, "lease", int, 0) or random.randrange(1, 2**62)
+        replica = self._replica(shard)
+
+        def granted(result: Any, error: RequestError | None) -> None:
+            if error is None:
+                replica.lease_deadlines[lease] = time.monotonic() + ttl_ms / 1000
+            reply(result, error)
+
+        self._propose(shard, encode("lease_grant", client, seq, lease, ttl_ms), granted)
+
+    def _op_lease_revoke(self, body: dict[str, Any], reply: Reply) -> None:
+        shard = rq.checked_shard(body, self.config.shards)
+        lease = rq.field(body, "lease", int)
+        client, seq = rq.checked_session(body)
+        self._propose(shard, encode("lease_revoke", client, seq, lease), reply)
+
+    def _op_lease_keepalive(self, body: dict[str, Any], reply: Reply) -> None:
+        """Refresh a lease on the leader, without a log entry (as etcd does): a lease
+        lives while its leader hears keepalives; a new leader restarts every clock."""
+        shard = rq.checked_shard(body, self.config.shards)
+        lease = rq.field(body, "lease", int)
+        replica = self._replica(shard)
+
+        def refresh() -> None:
+            held = replica.sm.leases.get(lease)
+            if held is None:
+                reply(None, NotFound(f"lease {lease} not found (expired or revoked)"))
+                return
+            replica.lease_deadlines[lease] = time.monotonic() + held[0] / 1000
+            reply(held[0], None)
+
+        replica.read(refresh, reply)
+        self._mark(shard)
+
+    def _expire_leases(self, replica: ShardReplica, now: float) -> None:
+        deadlines = replica.lease_deadlines
+        for lease, (ttl_ms, _) in replica.sm.leases.items():
+            if lease not in deadlines:  # granted under an earlier leader: clock starts now
+                deadlines[lease] = now + ttl_ms / 1000
+        for lease in [lease for lease, due in deadlines.items() if due <= now]:
+            del deadlines[lease]
+            if lease in replica.sm.leases:
+                log.info("shard %d: lease %d expired", replica.shard, lease)
+                replica.propose(encode("lease_revoke", 0, 0, lease), _ignore)
+                self._mark(replica.shard)
+
+    def _op_status(self, body: dict[str, Any], reply: Reply) -> None:
+        shards = []
+        for shard, replica in sorted(self.replicas.items()):
+            raft = replica.raft
+            shards.append([shard, int(raft.role), raft.leader, raft.term,
+                           raft.log.commit_index, replica.sm.applied_index])
+        storage = self.storage
+        reply({
+            "node": self.id, "address": self.config.listen, "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "shards": shards,
+            "peers": {str(p): link.connected for p, link in self.links.items()},
+            "counters": dict(self.counters),
+            "wal": dataclasses.asdict(storage.stats) if storage is not None else None,
+        }, None)
+
+    def _op_map(self, body: dict[str, Any], reply: Reply) -> None:
+        reply({
+            "shards": self.config.shards,
+            "nodes": {str(n): a for n, a in self.config.peers.items()},
+            "replicas": self.config.replica_nodes,
+            "leaders": {str(s): r.raft.leader for s, r in self.replicas.items()
+                        if r.raft.leader},
+        }, None)
+
+
+def _ignore(result: Any, error: RequestError | None) -> None:
+    """Answers to the node's own proposals (lease expiry): the log is the record."""

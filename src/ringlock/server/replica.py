@@ -1,0 +1,174 @@
+"""One shard's replica on this node: its Raft core, its state machine, and the requests
+waiting on them.
+
+The replica does no I/O and reads no clock: the node persists and sends what `Ready`
+hands out, then calls `finish`, which applies committed entries, answers the proposals
+and reads they complete, and advances the core. A request is answered exactly once:
+by its entry's result, by a read, or by an error when the entry or read is lost
+(leadership changed, a snapshot replaced the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ringlock.errors import CommandFailed, NotLeader, ProposalDropped, RequestError, Unavailable
+from ringlock.raft.config import RaftConfig
+from ringlock.raft.core import Raft
+from ringlock.raft.messages import (
+    Configuration,
+    EntryKind,
+    HardState,
+    Ready,
+    Role,
+    Snapshot,
+)
+from ringlock.statemachine.kv import ShardStateMachine
+
+Reply = Callable[[Any, RequestError | None], None]
+"""Answer a request: (result, None) or (None, error)."""
+_Read = tuple[Callable[[], None], Reply]
+"""A pending read: what serves it once applied, and how to fail it."""
+
+
+class ShardReplica:
+    def __init__(
+        self,
+        config: RaftConfig,
+        voters: list[int],
+        *,
+        hard_state: HardState | None,
+        snapshot: Snapshot | None,
+        entries: list[Any],
+        address_of: Callable[[int], str | None],
+    ) -> None:
+        self.shard = config.group_id
+        self.raft = Raft(
+            config,
+            bootstrap=Configuration(frozenset(voters)),
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+        )
+        self.sm = (
+            ShardStateMachine.restore(snapshot.data) if snapshot else ShardStateMachine()
+        )
+        self._address_of = address_of
+        self._proposals: dict[int, tuple[int, Reply]] = {}
+        self._reads: dict[int, _Read] = {}
+        self._reads_waiting: list[tuple[int, _Read]] = []
+        self._next_read = 0
+        self.lease_deadlines: dict[int, float] = {}
+        """Leader only: lease id -> monotonic deadline, kept in the leader's memory as
+        etcd does; a new leader starts every lease's clock afresh."""
+
+    # ------------------------------------------------------------------ requests
+
+    def not_leader(self) -> NotLeader:
+        leader = self.raft.leader
+        address = self._address_of(leader) if leader else None
+        return NotLeader(f"node {self.raft.id} does not lead shard {self.shard}", address)
+
+    def propose(self, command: bytes, reply: Reply) -> None:
+        if self.raft.role != Role.LEADER:
+            reply(None, self.not_leader())
+            return
+        try:
+            index, term = self.raft.propose(command)
+        except ProposalDropped as error:
+            reply(None, Unavailable(f"shard {self.shard}: {error}"))
+            return
+        self._proposals[index] = (term, reply)
+
+    def read(self, serve: Callable[[], None], reply: Reply) -> None:
+        """Serve `serve` once this replica has applied everything committed before now,
+        as confirmed by a quorum (ReadIndex): a linearizable read."""
+        if self.raft.role != Role.LEADER:
+            reply(None, self.not_leader())
+            return
+        self._next_read += 1
+        try:
+            self.raft.read_index(self._next_read)
+        except ProposalDropped as error:
+            reply(None, Unavailable(f"shard {self.shard}: {error}"))
+            return
+        self._reads[self._next_read] = (serve, reply)
+
+    # ----------------------------------------------------------------- the Ready
+
+    def finish(self, rd: Ready) -> None:
+        """Apply, answer and advance, once `rd` was persisted."""
+        if rd.snapshot is not None:
+            self.sm = ShardStateMachine.restore(rd.snapshot.data)
+            covered = rd.snapshot.meta.index
+            self._fail_proposals(lambda index: index <= covered)
+        for entry in rd.committed_entries:
+            data = entry.data if entry.kind == EntryKind.NORMAL else b""
+            result = self.sm.apply(entry.index, data)
+            pending = self._proposals.pop(entry.index, None)
+            if pending is not None:
+                term, reply = pending
+                if term == entry.term:
+                    if isinstance(result, Exception):
+                        reply(None, _command_failed(result))
+                    else:
+                        reply(result, None)
+                else:
+                    reply(None, Unavailable(f"shard {self.shard}: leadership changed"))
+        for read_state in rd.read_states:
+            read = self._reads.pop(read_state.request_id, None)
+            if read is not None:
+                self._reads_waiting.append((read_state.index, read))
+        for request_id in rd.dropped_reads:
+            read = self._reads.pop(request_id, None)
+            if read is not None:
+                self._reads_waiting.append((-1, read))
+        self.raft.advance(rd)
+        self._serve_reads()
+        if self.raft.role != Role.LEADER and self._proposals:
+            # A deposed leader's entries may still commit (under the new leader) or be
+            # overwritten; we cannot tell which, so the client must retry with the same
+            # request id, and de-duplication makes the retry safe.
+            self._fail_proposals(lambda index: True)
+
+    def _serve_reads(self) -> None:
+        if not self._reads_waiting:
+            return
+        applied = self.sm.applied_index
+        waiting = []
+        for index, read in self._reads_waiting:
+            if index < 0 or self.raft.role != Role.LEADER:
+                read[1](None, Unavailable(f"shard {self.shard}: read lost its leader; retry"))
+            elif index <= applied:
+                read[0]()
+            else:
+                waiting.append((index, read))
+        self._reads_waiting = waiting
+
+    def _fail_proposals(self, which: Callable[[int], bool]) -> None:
+        for index in [i for i in self._proposals if which(i)]:
+            _, reply = self._proposals.pop(index)
+            reply(None, Unavailable(f"shard {self.shard}: leadership changed; outcome unknown"))
+
+    def fail_all(self, error: RequestError) -> None:
+        """The node stops: nothing pending will be answered otherwise."""
+        for _, reply in self._proposals.values():
+            reply(None, error)
+        self._proposals.clear()
+        for _, read_reply in list(self._reads.values()) + [r for _, r in self._reads_waiting]:
+            read_reply(None, error)
+        self._reads.clear()
+        self._reads_waiting.clear()
+
+    def maybe_compact(self, every: int) -> Snapshot | None:
+        log = self.raft.log
+        if log.applied_index - log.snapshot_index < every:
+            return None
+        if not self.raft.compact(log.applied_index, self.sm.snapshot()):
+            return None
+        return log.snapshot
+
+
+def _command_failed(error: Exception) -> RequestError:
+    return CommandFailed(str(error))

@@ -1,0 +1,1 @@
+"""Frames over asyncio TCP: peer links carrying Raft messages, request/response RPC."""

@@ -1,0 +1,61 @@
+"""Real node processes on loopback, started per test in a temporary directory.
+
+Ports come from a per-test probe of free loopback ports; every process is stopped by
+its PID when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ringlock.devcluster import DevCluster
+
+TEST_SHARDS = 8
+"""Fewer shards than the default 64 keep start-up quick; the code paths are the same."""
+
+
+def free_base_port(count: int) -> int:
+    """A base port P such that P..P+count-1 are free on 127.0.0.1 right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no run of free loopback ports found")
+
+
+def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS) -> DevCluster:
+    return DevCluster(path, nodes=nodes, base_port=free_base_port(nodes), shards=shards,
+                      name=f"test-{path.name}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[DevCluster]:
+    dev = make_cluster(tmp_path / "cluster")
+    try:
+        dev.start()
+        yield dev
+    finally:
+        dev.stop()
+        for node_id, node in dev.nodes.items():
+            log = node.data_dir / "node.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- node {node_id} log tail ---", *tail, sep="\n")
