@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit sim-test sim bench clean
+.PHONY: run dev test lint typecheck unit sim-test sim bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP) $@
 
+# Starts a local 3-node cluster (data in ./.ringlock), runs the demo; stays up on a terminal.
 run: $(STAMP)
-	$(BIN)/ringlock demo
+	$(BIN)/ringlock dev --demo
+
+dev: $(STAMP)
+	$(BIN)/ringlock dev
 
 test: $(DEV_STAMP) lint typecheck
 	$(BIN)/python -m pytest tests
@@ -39,6 +43,7 @@ sim: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sim_bench.py
 	$(BIN)/python bench/checker_bench.py
+	$(BIN)/ringlock bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -128,11 +128,8 @@ class DevCluster:
             self.kill(node_id)
 
     def stop(self) -> None:
-        for node_id, node in self.nodes.items():
-            if node.running:
-                self.signal_node(node_id, signal.SIGCONT)
-                self.signal_node(node_id, signal.SIGTERM)
-        for node_id in self.nodes:
+        """One node after the other, so each can hand its leaderships to the rest."""
+        for node_id in sorted(self.nodes):
             self.stop_node(node_id)
         if self._client is not None:
             self._client.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 
 import click
 
+from ringlock.cli.devdemo import run_demo
 from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
 
 
@@ -18,7 +20,12 @@ from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
 @click.option("--port", type=click.IntRange(1024, 65000), default=DEFAULT_BASE_PORT,
               show_default=True, help="First node's port; the others follow.")
 @click.option("--shards", type=click.IntRange(1, 4096), default=64, show_default=True)
-def dev(nodes: int, data_dir: str, port: int, shards: int) -> None:
+@click.option("--demo", "with_demo", is_flag=True,
+              help="Run a short demo (writes, a kill -9, a check) once the cluster is up.")
+@click.option("--exit/--stay", "exit_after", default=None,
+              help="Stop the cluster after the demo (default: stay up only on a terminal).")
+def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
+        exit_after: bool | None) -> None:
     """Start a local cluster on loopback and keep it running until Ctrl-C."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -34,7 +41,12 @@ def dev(nodes: int, data_dir: str, port: int, shards: int) -> None:
         for node_id, node in sorted(cluster.nodes.items()):
             click.echo(f"  node {node_id}  {node.address}  pid {node.pid}  "
                        f"log {node.data_dir / 'node.log'}")
-        click.echo(f"\n  export RINGLOCK_CLUSTER={cluster.cluster}\n\nCtrl-C stops the cluster.")
+        if with_demo:
+            run_demo(cluster)
+            if exit_after or (exit_after is None and not sys.stdin.isatty()):
+                return
+        click.echo(f"\n  export RINGLOCK_CLUSTER={cluster.cluster}\n  ringlock put greeting "
+                   "hello && ringlock get greeting\n\nCtrl-C stops the cluster.")
         while not stop.wait(0.5):
             for node_id, node in cluster.nodes.items():
                 if node.process is not None and node.process.poll() is not None:

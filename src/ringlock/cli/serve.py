@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -57,6 +58,14 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     setup_logging(config.node_id, log_level)
+    profile = os.environ.get("RINGLOCK_PROFILE")  # a developer's tool: cProfile to this path
+    if profile:
+        import cProfile
+
+        cProfile.runctx("asyncio.run(_run(config))", globals(), {"config": config,
+                                                                 "_run": _run},
+                        f"{profile}.{config.node_id}")
+        return
     asyncio.run(_run(config))
 
 

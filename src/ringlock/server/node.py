@@ -141,12 +141,13 @@ class Node:
         deadline = time.monotonic() + SHUTDOWN_TRANSFER_S
         while time.monotonic() < deadline:
             leading = [r for r in self.replicas.values() if r.raft.role == Role.LEADER]
-            if not leading:
+            if not leading or not any(link.connected for link in self.links.values()):
                 return
             for replica in leading:
                 progress = replica.raft.progress
                 others = [n for n in progress if n != self.id
-                          and n in replica.raft.configuration.voters]
+                          and n in replica.raft.configuration.voters
+                          and self.links[n].connected]
                 if not others:
                     continue
                 target = max(others, key=lambda n: progress[n].match_index)
@@ -225,14 +226,18 @@ class Node:
                     if early:
                         rd.messages = [m for m in rd.messages if m.type != MessageType.APPEND]
                         self._send(early)
+                replica.apply(rd)
                 batch.append((replica, rd))
             if storage.pending():
                 self._flush_links()
-                await loop.run_in_executor(None, storage.sync)
+                if self.config.sync_in_thread:
+                    await loop.run_in_executor(None, storage.sync)
+                else:
+                    storage.sync()
                 self.counters["syncs"] += 1
             for replica, rd in batch:
                 self._send(rd.messages)
-                replica.finish(rd)
+                replica.advance(rd)
                 snapshot = replica.maybe_compact(self.config.compact_every)
                 if snapshot is not None:
                     storage.save_snapshot(replica.shard, snapshot)
@@ -242,6 +247,9 @@ class Node:
             self._flush_links()
             if self._dirty:
                 self._wake.set()
+            # One turn of the event loop between drive turns: the frames that arrived
+            # meanwhile are read and stepped, and join the next turn's batch.
+            await asyncio.sleep(0)
 
     def _send(self, messages: list[Any]) -> None:
         links = self.links

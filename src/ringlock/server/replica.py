@@ -97,8 +97,13 @@ class ShardReplica:
 
     # ----------------------------------------------------------------- the Ready
 
-    def finish(self, rd: Ready) -> None:
-        """Apply, answer and advance, once `rd` was persisted."""
+    def apply(self, rd: Ready) -> None:
+        """Apply what `rd` commits and answer the requests it completes.
+
+        This may run before `rd`'s own entries are persisted: a committed entry is
+        already durable on a quorum, so applying it (and answering its client) early is
+        safe, as etcd's server does; only `advance` must wait for the fsync.
+        """
         if rd.snapshot is not None:
             self.sm = ShardStateMachine.restore(rd.snapshot.data)
             covered = rd.snapshot.meta.index
@@ -124,6 +129,10 @@ class ShardReplica:
             read = self._reads.pop(request_id, None)
             if read is not None:
                 self._reads_waiting.append((-1, read))
+        self._serve_reads()
+
+    def advance(self, rd: Ready) -> None:
+        """`rd` is persisted and its messages sent: let the core move on."""
         self.raft.advance(rd)
         self._serve_reads()
         if self.raft.role != Role.LEADER and self._proposals:
