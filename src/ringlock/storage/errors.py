@@ -1,0 +1,27 @@
+"""Storage errors, mapped onto the ringlock tree so callers catch one family."""
+
+from __future__ import annotations
+
+from ringlock.errors import RinglockError
+
+
+class StorageError(RinglockError):
+    """A storage operation was refused or failed; nothing it asked for is durable."""
+
+
+class StorageCorruption(StorageError):
+    """Stored bytes are damaged in a way a crash cannot explain.
+
+    Carries the file and byte offset so an operator can inspect the damage; the
+    node must not start from this directory, because replaying past the damage
+    could make it forget entries or votes it already acknowledged.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str, *, what: str = "WAL record") -> None:
+        super().__init__(
+            f"corrupt {what} in {path} at offset {offset}: {reason}; "
+            "refusing to start (restore this node from a peer)"
+        )
+        self.path = path
+        self.offset = offset
+        self.reason = reason
