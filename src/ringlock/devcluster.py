@@ -165,7 +165,8 @@ class DevCluster:
         leaders: dict[int, int] = {}
         while time.monotonic() < deadline:
             for node_id, node in self.nodes.items():
-                if node.process is not None and node.process.poll() is not None:
+                code = node.process.poll() if node.process is not None else None
+                if code is not None and code not in (0, -signal.SIGKILL, -signal.SIGTERM):
                     raise RuntimeError(f"node {node_id} exited with {node.process.returncode}; "
                                        f"see {node.data_dir / 'node.log'}")
             try:

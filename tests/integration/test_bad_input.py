@@ -66,7 +66,7 @@ def assert_still_serving(cluster: DevCluster) -> None:
     b"\x00\x00\x00\x05\x07hello",                           # unknown frame version
     b"\x00\x00\x00\x03\x01\xc1\xc1",                        # body is not msgpack
     b"\x00\x00\x00\x00",                                    # frame with no version byte
-    struct.pack(">I", 3) + b"\x01" + msgpack.packb(7),      # body neither map nor array
+    struct.pack(">I", 2) + b"\x01" + msgpack.packb(7),      # body neither map nor array
 ])
 def test_malformed_frame_gets_bad_request_and_node_keeps_serving(
     cluster: DevCluster, garbage: bytes

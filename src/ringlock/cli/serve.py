@@ -70,10 +70,16 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
 
 
 async def _run(config: Any) -> None:
+    from ringlock.errors import RinglockError
     from ringlock.server.node import Node
 
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except (RinglockError, OSError) as error:
+        logging.getLogger("ringlock.server").error("node %d cannot start: %s",
+                                                   config.node_id, error)
+        raise SystemExit(2) from error
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(node.stop()))

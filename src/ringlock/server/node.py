@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
 import os
 import random
@@ -32,6 +33,7 @@ from ringlock.address import parse_address
 from ringlock.codec.frames import FrameError
 from ringlock.errors import (
     BadRequest,
+    ConfigError,
     NotFound,
     ProposalDropped,
     RequestError,
@@ -84,6 +86,7 @@ class Node:
     async def start(self) -> None:
         config = self.config
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         self.storage = NodeStorage(config.data_dir, fsync=config.fsync)
         voters = config.replica_nodes
         if self.id in voters:
@@ -110,6 +113,16 @@ class Node:
         self._ticker = loop.call_later(config.tick_ms / 1000, self._tick)
         log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",
                  self.id, config.listen, len(self.replicas), config.data_dir, config.fsync)
+
+    def _lock_data_dir(self) -> None:
+        """Two processes on one data directory would interleave their logs: refuse."""
+        path = Path(self.config.data_dir) / "LOCK"
+        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise ConfigError(f"data directory {self.config.data_dir} is in use by another "
+                              "ringlock process") from error
 
     async def stop(self, *, transfer: bool = True) -> None:
         """Hand off leadership (unless told not to), then close everything."""

@@ -196,12 +196,12 @@ class NodeStorage:
             return set(self._groups)
 
     def load(self, group: int) -> GroupState:
-        """The group's state as replayed at open; meant for startup only, since later
-        writes are not reflected."""
-        state = self._loaded.get(group)
+        """The group's state as replayed at open, handed over once (the replica keeps it in
+        memory; storage does not hold a second copy): a second call returns nothing."""
+        state = self._loaded.pop(group, None)  # handed over once: the caller keeps it now
         if state is None:
             return GroupState(None, None, [])
-        return GroupState(state.hard_state, state.snapshot, list(state.entries))
+        return GroupState(state.hard_state, state.snapshot, state.entries)
 
     def pending(self) -> bool:
         with self._lock:

@@ -42,13 +42,17 @@ def _int(value: Any, name: str) -> int:
     return value
 
 
-def _entry(raw: Any) -> Entry:
-    if not isinstance(raw, list) or len(raw) != 4:
-        raise FrameError(f"raft entry must be [index, term, kind, data], got {raw!r:.80}")
-    index, term, kind, data = raw
-    if kind not in _KINDS or not isinstance(data, bytes):
-        raise FrameError(f"raft entry has a bad kind or data: {raw!r:.80}")
-    return Entry(_int(index, "entry.index"), _int(term, "entry.term"), data, _KINDS[kind])
+def _entries(raw: Any) -> tuple[Entry, ...]:
+    if type(raw) is not list:
+        raise FrameError("raft message entries must be a list")
+    entries = []
+    for item in raw:  # the hot path of a busy follower: checks inline, no calls
+        if (type(item) is not list or len(item) != 4 or type(item[0]) is not int
+                or type(item[1]) is not int or item[0] < 0 or item[1] < 0
+                or item[2] not in _KINDS or type(item[3]) is not bytes):
+            raise FrameError(f"raft entry must be [index, term, kind, data], got {item!r:.80}")
+        entries.append(Entry(item[0], item[1], item[3], _KINDS[item[2]]))
+    return tuple(entries)
 
 
 def _snapshot(raw: Any) -> Snapshot | None:
@@ -69,21 +73,27 @@ def _snapshot(raw: Any) -> Snapshot | None:
     return Snapshot(meta, data)
 
 
+_INT_FIELDS = (1, 2, 3, 4, 5, 6, 8, 10, 11)
+_NAMES = ("type", "to", "frm", "term", "group", "index", "log_term", "entries", "commit",
+          "reject", "reject_hint", "context", "snapshot", "transfer")
+
+
 def decode_message(raw: Any) -> Message:
-    if not isinstance(raw, list) or len(raw) != 14:
+    if type(raw) is not list or len(raw) != 14:
         raise FrameError(f"a raft message is a list of 14 fields, got {raw!r:.80}")
+    for position in _INT_FIELDS:
+        value = raw[position]
+        if type(value) is not int or value < 0:
+            raise FrameError(f"raft message field {_NAMES[position]} must be a non-negative "
+                             f"int, got {value!r:.40}")
     (kind, to, frm, term, group, index, log_term, entries, commit, reject, reject_hint,
      context, snapshot, transfer) = raw
     if kind not in _TYPES:
         raise FrameError(f"unknown raft message type {kind!r}")
-    if not isinstance(entries, list) or not isinstance(reject, bool) or not isinstance(
-        transfer, bool
-    ):
-        raise FrameError("raft message has bad entries, reject or transfer fields")
+    if type(reject) is not bool or type(transfer) is not bool:
+        raise FrameError("raft message fields reject and transfer must be booleans")
     return Message(
-        _TYPES[kind], to=_int(to, "to"), frm=_int(frm, "frm"), term=_int(term, "term"),
-        group=_int(group, "group"), index=_int(index, "index"),
-        log_term=_int(log_term, "log_term"), entries=tuple(_entry(e) for e in entries),
-        commit=_int(commit, "commit"), reject=reject, reject_hint=_int(reject_hint, "hint"),
-        context=_int(context, "context"), snapshot=_snapshot(snapshot), transfer=transfer,
+        _TYPES[kind], to, frm, term, group, index, log_term,
+        _entries(entries) if entries else (), commit, reject, reject_hint, context,
+        None if snapshot is None else _snapshot(snapshot), transfer,
     )
