@@ -167,7 +167,7 @@ class DevCluster:
             for node_id, node in self.nodes.items():
                 code = node.process.poll() if node.process is not None else None
                 if code is not None and code not in (0, -signal.SIGKILL, -signal.SIGTERM):
-                    raise RuntimeError(f"node {node_id} exited with {node.process.returncode}; "
+                    raise RuntimeError(f"node {node_id} exited with {code}; "
                                        f"see {node.data_dir / 'node.log'}")
             try:
                 leaders = self.leaders()
