@@ -54,40 +54,59 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
-        """Add bytes; return the bodies of the frames they completed, in order."""
-        self._buffer += data
+        """Add bytes; return the bodies of the frames they completed, in order.
+
+        Frames are parsed at an advancing offset and the consumed prefix is dropped once,
+        so a read carrying many small pipelined frames costs linear time, not quadratic.
+        """
+        if self._buffer:
+            self._buffer += data
+            view = memoryview(self._buffer)
+        else:
+            view = memoryview(data)
         bodies = []
-        while len(self._buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self._buffer)
-            if length < 1:
-                raise FrameError("frame of length 0 has no version byte")
-            if length > self.max_frame_bytes:
-                raise FrameTooLarge(
-                    f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
-                )
-            end = _HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            version = self._buffer[_HEADER.size]
-            payload = bytes(self._buffer[_HEADER.size + 1 : end])
-            del self._buffer[:end]
-            if version != FRAME_VERSION:
-                raise FrameError(f"frame version {version} is not {FRAME_VERSION}")
-            try:
-                body = msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                                       ext_hook=_refuse_extension)
-            except FrameError:
-                raise
-            except Exception as error:  # msgpack raises several types for bad input
-                raise FrameError(f"malformed frame body: {error}") from error
-            if not isinstance(body, dict | list):
-                raise FrameError(f"frame body must be a map or an array, not {type(body)}")
-            bodies.append(body)
+        offset = 0
+        size = len(view)
+        try:
+            while size - offset >= _HEADER.size:
+                (length,) = _HEADER.unpack_from(view, offset)
+                if length < 1:
+                    raise FrameError("frame of length 0 has no version byte")
+                if length > self.max_frame_bytes:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+                    )
+                end = offset + _HEADER.size + length
+                if size < end:
+                    break
+                version = view[offset + _HEADER.size]
+                payload = view[offset + _HEADER.size + 1 : end]
+                offset = end
+                if version != FRAME_VERSION:
+                    raise FrameError(f"frame version {version} is not {FRAME_VERSION}")
+                bodies.append(_decode_body(payload))
+        finally:
+            rest = bytes(view[offset:]) if offset < size else b""
+            view.release()
+            self._buffer = bytearray(rest)
         return bodies
 
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer)
+
+
+def _decode_body(payload: memoryview) -> Any:
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                               ext_hook=_refuse_extension)
+    except FrameError:
+        raise
+    except Exception as error:  # msgpack raises several types for bad input
+        raise FrameError(f"malformed frame body: {error}") from error
+    if not isinstance(body, dict | list):
+        raise FrameError(f"frame body must be a map or an array, not {type(body)}")
+    return body
 
 
 def _refuse_extension(code: int, data: bytes) -> Any:

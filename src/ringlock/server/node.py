@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,7 @@ from ringlock.transport.wire import decode_message, encode_message
 
 log = logging.getLogger("ringlock.server")
 
+SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_TRANSFER_S = 3.0
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
 
@@ -109,6 +111,10 @@ class Node:
                 link.start()
                 self.links[peer] = link
         loop = asyncio.get_running_loop()
+        if config.sync_in_thread:
+            # The fsync thread must get the GIL back quickly once its fsync returns, or
+            # every turn waits out the default 5 ms switch interval.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._tasks.append(loop.create_task(self._drive_loop()))
         self._ticker = loop.call_later(config.tick_ms / 1000, self._tick)
         log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",

@@ -91,7 +91,8 @@ class RpcConnection:
 
     async def call(self, body: dict[str, Any], timeout: float) -> Any:
         """Send `body` (an `op` and its fields) and wait for its answer."""
-        await asyncio.wait_for(self.connect(), timeout)
+        if self._writer is None:
+            await asyncio.wait_for(self.connect(), timeout)
         if self.broken or self._writer is None:
             raise Unavailable(f"connection to {self.address} is broken")
         request_id = next(self._ids)
