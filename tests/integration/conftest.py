@@ -41,9 +41,10 @@ def free_base_port(count: int) -> int:
     raise RuntimeError("no run of free loopback ports found")
 
 
-def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS) -> DevCluster:
+def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS,
+                 extra_args: tuple[str, ...] = ()) -> DevCluster:
     return DevCluster(path, nodes=nodes, base_port=free_base_port(nodes), shards=shards,
-                      name=f"test-{path.name}")
+                      name=f"test-{path.name}", extra_args=extra_args)
 
 
 @pytest.fixture

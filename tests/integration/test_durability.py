@@ -10,7 +10,7 @@ from ringlock.devcluster import DevCluster
 from ringlock.errors import RequestError
 from ringlock.sharding.keys import shard_of
 from ringlock.transport.rpc import RpcConnection
-from tests.integration.conftest import TEST_SHARDS
+from tests.integration.conftest import TEST_SHARDS, make_cluster
 
 WRITERS = 8
 WRITES = 10_000
@@ -138,3 +138,23 @@ def test_node_with_torn_wal_tail_cuts_it_and_catches_up(cluster: DevCluster) -> 
     lagging = asyncio.run(wait_caught_up(cluster.nodes[victim].address, expected, 60))
     assert lagging == [], f"{len(lagging)} keys not caught up on node {victim}"
     assert "torn" in log.read_text().lower()
+
+
+def test_a_node_behind_the_leaders_snapshot_catches_up_by_install_snapshot(
+    tmp_path: Path,
+) -> None:
+    cluster = make_cluster(tmp_path / "cluster", extra_args=("--compact-every", "40"))
+    try:
+        cluster.start()
+        victim = 3
+        cluster.kill(victim)
+        acknowledged, failures = asyncio.run(write_all(cluster, 2000, prefix="s"))
+        assert not failures
+        cluster.start_node(victim)
+        lagging = asyncio.run(wait_caught_up(cluster.nodes[victim].address, acknowledged, 60))
+        assert lagging == [], f"{len(lagging)} keys not caught up on node {victim}"
+        with cluster.client() as client:
+            report = next(r for r in client.status() if r.get("node") == victim)
+        assert report["counters"]["snapshots_installed"] > 0, "caught up without a snapshot"
+    finally:
+        cluster.stop()

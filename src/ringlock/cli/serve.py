@@ -33,19 +33,23 @@ def setup_logging(node: int, level: str) -> None:
 @click.option("--cluster", "cluster_name", help="Cluster name peers must share.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), help="Raft tick interval.")
 @click.option("--election-ticks", type=click.IntRange(2, 1000))
+@click.option("--compact-every", type=click.IntRange(1, 10_000_000),
+              help="Snapshot a shard and cut its log after this many applied entries.")
 @click.option("--no-fsync", is_flag=True, default=None,
               help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: str | None,
           config_file: str | None, shards: int | None, cluster_name: str | None,
-          tick_ms: int | None, election_ticks: int | None, no_fsync: bool | None,
+          tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
+          no_fsync: bool | None,
           log_level: str) -> None:
     """Run a ringlock node."""
     try:
         settings: dict[str, Any] = load_toml(config_file) if config_file else {}
         flags = {"node_id": node_id, "listen": listen, "data_dir": data_dir, "shards": shards,
                  "cluster": cluster_name, "tick_ms": tick_ms, "election_ticks": election_ticks,
+                 "compact_every": compact_every,
                  "peers": parse_peers(peers) if peers else None,
                  "fsync": False if no_fsync else None}
         settings.update({k: v for k, v in flags.items() if v is not None})

@@ -203,6 +203,13 @@ class RaftLog:
         self.commit_index = snapshot.meta.index
         # applied_index moves when the driver has restored the state machine (advance).
 
+    def forget_snapshot_data(self) -> None:
+        """Keep only the snapshot's metadata: the driver holds the data (in a file) and
+        fills it into the SNAPSHOT messages it sends. A shard's state would otherwise be
+        held twice in memory, once live and once as the bytes of its last snapshot."""
+        if self.snapshot is not None and self.snapshot.data:
+            self.snapshot = Snapshot(self.snapshot.meta, b"")
+
     def compact(self, snapshot: Snapshot) -> None:
         """Drop entries up to the snapshot's index; the state machine has applied them."""
         index = snapshot.meta.index

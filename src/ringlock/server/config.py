@@ -25,7 +25,7 @@ MAX_INFLIGHT_PER_CONNECTION = 4096
 """Requests one client connection may have unanswered; more get `TooLarge`."""
 MAX_PEER_FRAME_BYTES = 64 * 1024 * 1024
 """Peers send snapshots of whole shards; a client never gets more than MAX_FRAME_BYTES."""
-DEFAULT_COMPACT_EVERY = 10_000
+DEFAULT_COMPACT_EVERY = 4_096
 """A shard snapshots its state and cuts its log after this many applied entries."""
 
 

@@ -41,8 +41,9 @@ from ringlock.errors import (
     Unavailable,
     WrongShard,
 )
+from ringlock.invariant import invariant
 from ringlock.raft.config import RaftConfig
-from ringlock.raft.messages import MessageType, Role
+from ringlock.raft.messages import MessageType, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
@@ -74,7 +75,8 @@ class Node:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.started_at = time.monotonic()
-        self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0}
+        self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0,
+                         "snapshots_sent": 0, "snapshots_installed": 0}
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
             "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
@@ -238,6 +240,7 @@ class Node:
                 rd = replica.raft.ready()
                 if rd.snapshot is not None:
                     storage.save_snapshot(shard, rd.snapshot)
+                    self.counters["snapshots_installed"] += 1
                 if rd.entries or rd.hard_state is not None:
                     storage.append(shard, rd.hard_state, rd.entries)
                 if rd.appends_may_precede_persist:
@@ -274,8 +277,19 @@ class Node:
         links = self.links
         for message in messages:
             link = links.get(message.to)
-            if link is not None:
-                link.queue(encode_message(message))
+            if link is None:
+                continue
+            if message.snapshot is not None and not message.snapshot.data:
+                message.snapshot = self._snapshot_from_file(message.group, message.snapshot)
+                self.counters["snapshots_sent"] += 1
+            link.queue(encode_message(message))
+
+    def _snapshot_from_file(self, shard: int, stub: Snapshot) -> Snapshot:
+        """Replicas keep only a snapshot's metadata in memory; its data is in its file."""
+        assert self.storage is not None
+        full = self.storage.read_snapshot(shard, stub.meta.index)
+        invariant(full.meta == stub.meta, f"shard {shard}: snapshot file does not match")
+        return full
 
     def _flush_links(self) -> None:
         for link in self.links.values():

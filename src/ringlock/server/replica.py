@@ -54,6 +54,7 @@ class ShardReplica:
         self.sm = (
             ShardStateMachine.restore(snapshot.data) if snapshot else ShardStateMachine()
         )
+        self.raft.log.forget_snapshot_data()
         self._address_of = address_of
         self._proposals: dict[int, tuple[int, Reply]] = {}
         self._reads: dict[int, _Read] = {}
@@ -134,6 +135,8 @@ class ShardReplica:
     def advance(self, rd: Ready) -> None:
         """`rd` is persisted and its messages sent: let the core move on."""
         self.raft.advance(rd)
+        if rd.snapshot is not None:
+            self.raft.log.forget_snapshot_data()  # it is in its file now
         self._serve_reads()
         if self.raft.role != Role.LEADER and self._proposals:
             # A deposed leader's entries may still commit (under the new leader) or be
@@ -176,7 +179,9 @@ class ShardReplica:
             return None
         if not self.raft.compact(log.applied_index, self.sm.snapshot()):
             return None
-        return log.snapshot
+        snapshot = log.snapshot
+        log.forget_snapshot_data()  # the caller saves it to its file; memory keeps the meta
+        return snapshot
 
 
 def _command_failed(error: Exception) -> RequestError:

@@ -203,6 +203,10 @@ class NodeStorage:
             return GroupState(None, None, [])
         return GroupState(state.hard_state, state.snapshot, state.entries)
 
+    def read_snapshot(self, group: int, index: int) -> Snapshot:
+        """A snapshot saved earlier, read back from its file (to send it to a peer)."""
+        return self._snapfiles.read(group, index)
+
     def pending(self) -> bool:
         with self._lock:
             return bool(self._batch.buf)
