@@ -14,6 +14,14 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[written:]
 
 
+def write_all_at(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]
+
+
 def fsync_dir(path: Path) -> None:
     """Make a created, renamed or truncated name durable: fsync on the file alone
     does not persist the directory entry that points to it."""

@@ -21,7 +21,7 @@ from ringlock.errors import ConfigError, InvariantViolation
 from ringlock.invariant import invariant
 from ringlock.raft.messages import Entry, HardState, Snapshot
 from ringlock.storage import records
-from ringlock.storage._fs import fsync_dir, write_all
+from ringlock.storage._fs import fsync_dir, write_all_at
 from ringlock.storage.errors import StorageCorruption, StorageError
 from ringlock.storage.records import CheckpointItem
 from ringlock.storage.replay import GroupLog, Segment, WalState, replay_wal, segment_path
@@ -29,6 +29,8 @@ from ringlock.storage.shape import LogShape
 from ringlock.storage.snapfiles import SnapshotFiles
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+PREALLOCATE_BYTES = 1024 * 1024
+"""Zeros written ahead of the records at a time (see NodeStorage._preallocate)."""
 """A segment is closed once it reaches this size; only whole segments are ever deleted."""
 
 log = logging.getLogger("ringlock.storage")
@@ -118,6 +120,8 @@ class NodeStorage:
         self.stats = StorageStats(torn_bytes_cut=wal.torn_bytes)
         self._segments: list[Segment] = []
         self._fd: int | None = None
+        self._allocated = 0
+        """Bytes of the current segment that exist on disk: records, then zeros."""
         self._resume_last_segment(wal)
         for group, index, term, keep_tail in adopted:
             self._buffer_marker(group, index, term, keep_tail)
@@ -185,7 +189,8 @@ class NodeStorage:
             self._segments.pop().path.unlink()
         self._next_seq = self._segments[-1].seq + 1 if self._segments else 1
         if self._segments:
-            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
+            self._allocated = self._segments[-1].size  # replay cut any zeros past it
         self.stats.segments = len(self._segments)
 
     # -- reading ---------------------------------------------------------------------------
@@ -334,13 +339,18 @@ class NodeStorage:
         fd = self._fd
         if fd is None:
             raise InvariantViolation("no open WAL segment after a roll")
-        write_all(fd, data)
+        segment = self._segments[-1]
+        end = segment.size + len(data)
+        if end > self._allocated:
+            self._preallocate(fd, end + PREALLOCATE_BYTES)
+        write_all_at(fd, data, segment.size)
         if self._fsync:
-            os.fsync(fd)
+            # The file's size and blocks were made durable with the preallocation, so
+            # the data alone needs flushing: no journal commit per sync.
+            os.fdatasync(fd)
             if rolled:
                 fsync_dir(self._wal_dir)
-        segment = self._segments[-1]
-        segment.size += len(data)
+        segment.size = end
         self._absorb(batch, segment)
         self._delete(released)
         self.stats.syncs += 1
@@ -357,14 +367,33 @@ class NodeStorage:
         items = [CheckpointItem(g, d.hard_state, d.snapshot) for g, d in self._durable.items()]
         checkpoint = records.encode_checkpoint(base, items)
         if self._fd is not None:
-            os.close(self._fd)
+            self._seal(self._fd, self._segments[-1].size)
             self._fd = None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         self._fd = os.open(segment.path, flags, 0o644)
+        self._allocated = 0
         self._segments.append(segment)
         self._next_seq = seq + 1
         self.stats.segments = len(self._segments)
         return checkpoint, released
+
+    def _preallocate(self, fd: int, size: int) -> None:
+        """Write zeros ahead of the records, so that the syncs that follow change no
+        file metadata. Zeros, not fallocate: an unwritten extent would still need a
+        metadata update when first written. Replay tells the zeros from a torn write."""
+        if size > self._allocated:
+            write_all_at(fd, bytes(size - self._allocated), self._allocated)
+            if self._fsync:
+                os.fsync(fd)
+            self._allocated = size
+
+    def _seal(self, fd: int, size: int) -> None:
+        """A finished segment ends at its last record: replay forgives zeros only at the
+        end of the newest segment."""
+        os.ftruncate(fd, size)
+        if self._fsync:
+            os.fsync(fd)
+        os.close(fd)
 
     def _releasable(self) -> list[Segment]:
         """The longest prefix of segments whose entries are all at or below their group's

@@ -138,7 +138,8 @@ def replay_wal(wal_dir: Path, *, fsync: bool) -> WalState:
         data = path.read_bytes()
         is_last = position == len(found) - 1
         valid, end = _valid_records(path, data, is_last=is_last, fsync=fsync)
-        state.torn_bytes += len(data) - end
+        if data.count(0, end) != len(data) - end:  # zeros are preallocation, not a torn write
+            state.torn_bytes += len(data) - end
         segment = Segment(seq, path, end)
         _apply_segment(segment, valid, state.groups)
         state.segments.append(segment)
@@ -203,6 +204,12 @@ def _valid_records(
     if bad is None:
         return valid, len(data)
     offset, reason = bad
+    if is_last and data.count(0, offset) == len(data) - offset:
+        # The zeros the writer preallocated past its last record: nothing was torn.
+        os.truncate(path, offset)
+        if fsync:
+            fsync_file(path)
+        return valid, offset
     if not is_last:
         raise StorageCorruption(str(path), offset, f"{reason} in a segment that was complete")
     later = records.valid_record_after(data, offset + 1)
