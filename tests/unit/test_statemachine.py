@@ -3,6 +3,7 @@ writes, and snapshots that restore the same state."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,3 +99,30 @@ def test_snapshot_restores_the_same_state_and_replays_alike(
     for index, command in enumerate(encoded[half:], start=half + 1):
         assert original.apply(index, command) == copy.apply(index, command)
     assert original.snapshot() == copy.snapshot()
+
+
+def test_the_client_that_wrote_least_recently_is_forgotten_first_even_across_a_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ringlock.statemachine import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "MAX_DEDUP_CLIENTS", 3)
+    machine = ShardStateMachine()
+    index = 0
+
+    def write(sm: ShardStateMachine, client: int, seq: int) -> None:
+        nonlocal index
+        index += 1
+        sm.apply(index, encode("put", client, seq, b"k", b"v", 0, False))
+
+    for client in (1, 2, 3):
+        write(machine, client, 1)
+    write(machine, 1, 2)  # client 1 is now the most recent writer
+    machine = ShardStateMachine.restore(machine.snapshot())
+    write(machine, 4, 1)  # a fourth client: the least recent (2) is forgotten
+    assert list(machine.dedup) == [3, 1, 4]
+    revision = machine.revision
+    write(machine, 1, 2)  # still remembered: a retry changes nothing
+    assert machine.revision == revision
+    write(machine, 2, 1)  # forgotten: the retry applies again (the documented limit)
+    assert machine.revision == revision + 1

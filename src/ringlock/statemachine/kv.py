@@ -29,6 +29,11 @@ from ringlock.invariant import invariant
 
 MAX_DEDUP_ENTRIES_PER_CLIENT = 1024
 """Results remembered per client: a client retries only its recent requests."""
+MAX_DEDUP_CLIENTS = 10_000
+"""Clients remembered per shard. The one that wrote least recently is forgotten first
+(Raft thesis §6.3: sessions expire the same way on every replica, in log order, never
+by a clock). A forgotten client's retry of a write older than 10,000 other clients'
+writes could apply twice; its session ending (`session_end`) forgets it at once."""
 
 
 class StateMachineError(RinglockError):
@@ -106,10 +111,13 @@ class ShardStateMachine:
         except (ValueError, TypeError) as error:  # wrong arity or types: nothing changed
             result = StateMachineError(f"malformed {op!r} command: {error}")
         if client:
-            remembered = self.dedup.setdefault(client, {})
+            remembered = self.dedup.pop(client, None) or {}
+            self.dedup[client] = remembered  # most recent writer last: evicted last
+            if len(self.dedup) > MAX_DEDUP_CLIENTS:
+                del self.dedup[next(iter(self.dedup))]
             remembered[seq] = _to_record(result)
             if len(remembered) > MAX_DEDUP_ENTRIES_PER_CLIENT:
-                del remembered[min(remembered)]
+                del remembered[next(iter(remembered))]  # the oldest request first
         return result
 
     def _execute(self, op: str, args: list[Any]) -> Any:
@@ -197,7 +205,8 @@ class ShardStateMachine:
             [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
              for kv in (_unpack(k, raw) for k, raw in sorted(self.data.items()))],
             [[lease, ttl, sorted(keys)] for lease, (ttl, keys) in sorted(self.leases.items())],
-            [[client, sorted(results.items())] for client, results in sorted(self.dedup.items())],
+            # In least-recently-written order, which eviction relies on: not sorted.
+            [[client, sorted(results.items())] for client, results in self.dedup.items()],
         ])
 
     @staticmethod
