@@ -111,7 +111,7 @@ class ShardStateMachine:
         except (ValueError, TypeError) as error:  # wrong arity or types: nothing changed
             result = StateMachineError(f"malformed {op!r} command: {error}")
         if client:
-            remembered = self.dedup.pop(client, None) or {}
+            remembered = self.dedup.pop(client, {})
             self.dedup[client] = remembered  # most recent writer last: evicted last
             if len(self.dedup) > MAX_DEDUP_CLIENTS:
                 del self.dedup[next(iter(self.dedup))]
