@@ -241,8 +241,14 @@ class Node:
                 if rd.snapshot is not None:
                     storage.save_snapshot(shard, rd.snapshot)
                     self.counters["snapshots_installed"] += 1
-                if rd.entries or rd.hard_state is not None:
-                    storage.append(shard, rd.hard_state, rd.entries)
+                hard_state = rd.hard_state
+                if hard_state is not None and replica.only_commit_moved(hard_state):
+                    # Raft needs term and vote durable before it speaks; the commit index
+                    # is a hint a restarted replica learns again from its leader, so it is
+                    # not worth a record (and often an fsync) per Ready.
+                    hard_state = None
+                if rd.entries or hard_state is not None:
+                    storage.append(shard, hard_state, rd.entries)
                 if rd.appends_may_precede_persist:
                     early = [m for m in rd.messages if m.type == MessageType.APPEND]
                     if early:

@@ -56,6 +56,7 @@ class ShardReplica:
         )
         self.raft.log.forget_snapshot_data()
         self._address_of = address_of
+        self._durable_term_vote = (hard_state.term, hard_state.vote) if hard_state else (0, 0)
         self._proposals: dict[int, tuple[int, Reply]] = {}
         self._reads: dict[int, _Read] = {}
         self._reads_waiting: list[tuple[int, _Read]] = []
@@ -97,6 +98,15 @@ class ShardReplica:
         self._reads[self._next_read] = (serve, reply)
 
     # ----------------------------------------------------------------- the Ready
+
+    def only_commit_moved(self, hard_state: HardState) -> bool:
+        """True if `hard_state` differs from the last one written only in its commit index
+        (and records it as written otherwise)."""
+        term_vote = (hard_state.term, hard_state.vote)
+        if term_vote == self._durable_term_vote:
+            return True
+        self._durable_term_vote = term_vote
+        return False
 
     def apply(self, rd: Ready) -> None:
         """Apply what `rd` commits and answer the requests it completes.

@@ -98,15 +98,20 @@ class RpcConnection:
         request_id = next(self._ids)
         body["id"] = request_id
         frame = encode_frame(body, max_frame_bytes=self.max_frame_bytes)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._waiting[request_id] = future
         self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
+        # A plain timer rather than asyncio.wait_for, which costs a task-like wrapper and
+        # several callbacks per call: this is the client's hot path.
+        timer = loop.call_later(timeout, _expire, future, timeout)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(request_id, None)
 
     def _flush(self) -> None:
@@ -121,6 +126,11 @@ class RpcConnection:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError(f"no answer within {timeout:.3f} s"))
 
 
 def error_from(body: dict[str, Any]) -> RequestError:
