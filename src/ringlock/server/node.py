@@ -270,7 +270,7 @@ class Node:
                 if snapshot is not None:
                     storage.save_snapshot(replica.shard, snapshot)
                     storage.compact(replica.shard, snapshot.meta.index)
-                if replica.raft.has_ready():
+                if replica.needs_another_turn():
                     self._dirty.add(replica.shard)
             self._flush_links()
             if self._dirty:
