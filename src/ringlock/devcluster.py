@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,25 @@ DEFAULT_BASE_PORT = 7101
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.05
+
+
+def free_base_port(count: int, host: str = "127.0.0.1") -> int:
+    """A port P such that P..P+count-1 are free on loopback right now (a probe: another
+    process may still take one before the nodes bind it)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base: int = probe.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind((host, port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free loopback ports found")
 
 
 @dataclass

@@ -6,39 +6,15 @@ its PID when the test ends, whatever happened.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ringlock.devcluster import DevCluster
+from ringlock.devcluster import DevCluster, free_base_port
 
 TEST_SHARDS = 8
 """Fewer shards than the default 64 keep start-up quick; the code paths are the same."""
-
-
-def free_base_port(count: int) -> int:
-    """A base port P such that P..P+count-1 are free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no run of free loopback ports found")
 
 
 def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS,

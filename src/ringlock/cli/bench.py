@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ringlock.benchmark import kv
-from ringlock.devcluster import DevCluster
+from ringlock.devcluster import DevCluster, free_base_port
 
 
 @click.command()
@@ -42,7 +42,7 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
     with tempfile.TemporaryDirectory(prefix="ringlock-bench-") as tmp:
         dev = None
         if cluster is None:
-            dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=_free_port_run(),
+            dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=free_base_port(3),
                              shards=shards, fsync=not no_fsync, name="bench")
             click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
                        f"{'off' if no_fsync else 'on'}) in {dev.data_dir} ...")
@@ -103,23 +103,6 @@ def _idle_cpu(dev: DevCluster, seconds: float) -> dict[str, float]:
     elapsed = time.monotonic() - started
     return {str(n): round(100 * (kv.cpu_seconds(pid) - before[n]) / elapsed, 2)
             for n, pid in pids.items()}
-
-
-def _free_port_run() -> int:
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base: int = probe.getsockname()[1]
-        try:
-            for port in range(base, base + 3):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise click.ClickException("no free loopback ports")
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -35,7 +35,12 @@ def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
     try:
         cluster.start(wait=False)
         click.echo(f"starting {len(cluster.nodes)} nodes, data in {cluster.data_dir} ...")
-        cluster.wait_ready()
+        try:
+            cluster.wait_ready()
+        except (RuntimeError, TimeoutError) as error:
+            raise click.ClickException(
+                f"{error} (is another cluster already using {cluster.data_dir} or ports "
+                f"{cluster.addresses[0]}...?)") from error
         click.echo(f"ready in {time.monotonic() - started:.1f} s: every one of "
                    f"{cluster.shards} shards has a leader")
         for node_id, node in sorted(cluster.nodes.items()):
