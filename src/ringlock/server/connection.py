@@ -54,12 +54,12 @@ class Connection:
                 for body in bodies:
                     self._handle(body)
                 if len(self._out) > 0 and self.writer.transport.get_write_buffer_size() > 8 << 20:
-                    self._flush()
+                    self.flush()
                     await self.writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
-            self._flush()
+            self.flush()
             self.closed = True
             self.writer.close()
 
@@ -129,10 +129,14 @@ class Connection:
         self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.node.answers_waiting.add(self)
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the gathered answers: at the end of this loop turn, or sooner when the
+        node is about to block in an fsync (an answer must not wait for that)."""
         self._flush_scheduled = False
+        self.node.answers_waiting.discard(self)
         if self._out and not self.writer.is_closing():
             self.writer.write(b"".join(self._out))
         self._out = []

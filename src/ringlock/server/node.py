@@ -67,6 +67,8 @@ class Node:
         self.replicas: dict[int, ShardReplica] = {}
         self.links: dict[int, PeerLink] = {}
         self.connections: set[Connection] = set()
+        self.answers_waiting: set[Connection] = set()
+        """Connections with answers gathered but not yet written."""
         self._dirty: set[int] = set()
         self._wake = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -257,7 +259,11 @@ class Node:
                 replica.apply(rd)
                 batch.append((replica, rd))
             if storage.pending():
+                # What may leave before the fsync does: a leader's appends, and answers
+                # to entries already committed (durable on a quorum) and to reads.
                 self._flush_links()
+                for connection in list(self.answers_waiting):
+                    connection.flush()
                 if self.config.sync_in_thread:
                     await loop.run_in_executor(None, storage.sync)
                 else:
