@@ -93,9 +93,10 @@ def scan(prefix: str, limit: int, cluster: str | None, timeout: float) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
+@click.option("--shards", "verbose", is_flag=True, help="Also a line per shard.")
 @cluster_option
 @timeout_option
-def status(as_json: bool, cluster: str | None, timeout: float) -> None:
+def status(as_json: bool, verbose: bool, cluster: str | None, timeout: float) -> None:
     """Nodes and shards: who is up, who leads what."""
     with _client(cluster, timeout) as client:
         try:
@@ -103,25 +104,60 @@ def status(as_json: bool, cluster: str | None, timeout: float) -> None:
             shard_map = client.shard_map()
         except RequestError as error:
             _fail(error)
+    report = cluster_report(reports, shard_map.shards, shard_map.replicas)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    _print_report(report, verbose)
+
+
+def cluster_report(reports: list[dict[str, Any]], shards: int,
+                   replicas: list[int]) -> dict[str, Any]:
+    """Every node's own view merged into one: a shard's leader is the replica that says
+    it leads in the highest term; a replica that does not answer does not count."""
     leaders: dict[int, int] = {}
     terms: dict[int, int] = {}
+    applied: dict[int, dict[int, int]] = {}
+    hosted: dict[int, int] = {}
     for report in reports:
-        for shard, role, _leader, term, _commit, _applied in report.get("shards", []):
+        node = int(report.get("node") or 0)
+        for shard, role, _leader, term, _commit, applied_index in report.get("shards", []):
+            applied.setdefault(shard, {})[node] = applied_index
+            hosted[node] = hosted.get(node, 0) + 1
             if role == 3 and term >= terms.get(shard, -1):
-                leaders[shard], terms[shard] = report["node"], term
+                leaders[shard], terms[shard] = node, term
+    up = {r.get("node") for r in reports if "error" not in r}
     nodes = [{"id": r.get("node"), "address": r.get("address"),
               "state": "down" if "error" in r else "up",
+              "replicas": hosted.get(int(r.get("node") or 0), 0),
               "leaders": sum(1 for n in leaders.values() if n == r.get("node")),
+              "uptime_s": r.get("uptime_s"),
               **({"error": r["error"]} if "error" in r else {})} for r in reports]
-    shards = [{"id": s, "replicas": shard_map.replicas, "leader": leaders.get(s),
-               "term": terms.get(s)} for s in range(shard_map.shards)]
-    if as_json:
-        click.echo(json.dumps({"nodes": nodes, "shards": shards}))
-        return
-    for node in nodes:
-        click.echo(f"node {node['id']}  {node['address']}  {node['state']}  "
-                   f"leads {node['leaders']} shards" + (f"  ({node['error']})"
-                                                        if "error" in node else ""))
-    without = [s["id"] for s in shards if s["leader"] is None]
-    click.echo(f"{shard_map.shards} shards, {shard_map.shards - len(without)} with a leader"
-               + (f"; without: {without}" if without else ""))
+    shard_rows: list[dict[str, Any]] = [{"id": s, "replicas": replicas, "leader": leaders.get(s),
+                   "term": terms.get(s), "applied": applied.get(s, {}),
+                   "live_replicas": sum(1 for n in replicas if n in up)}
+                  for s in range(shards)]
+    return {"nodes": nodes, "shards": shard_rows,
+            "under_replicated": [r["id"] for r in shard_rows
+                                 if r["live_replicas"] < len(replicas)],
+            "leaderless": [r["id"] for r in shard_rows if r["leader"] is None]}
+
+
+def _print_report(report: dict[str, Any], verbose: bool) -> None:
+    click.echo(f"{'node':<6}{'address':<22}{'state':<7}{'replicas':>9}{'leads':>7}"
+               f"{'uptime':>10}")
+    for node in report["nodes"]:
+        uptime = f"{node['uptime_s']:.0f} s" if node.get("uptime_s") is not None else "-"
+        click.echo(f"{node['id']!s:<6}{node['address']!s:<22}{node['state']:<7}"
+                   f"{node['replicas']:>9}{node['leaders']:>7}{uptime:>10}"
+                   + (f"  {node['error']}" if "error" in node else ""))
+    shards = report["shards"]
+    if verbose:
+        click.echo(f"\n{'shard':<7}{'replicas':<12}{'leader':>7}{'term':>6}  applied by replica")
+        for row in shards:
+            applied = " ".join(f"{n}:{i}" for n, i in sorted(row["applied"].items()))
+            click.echo(f"{row['id']:<7}{','.join(map(str, row['replicas'])):<12}"
+                       f"{row['leader']!s:>7}{row['term']!s:>6}  {applied}")
+    click.echo(f"\n{len(shards)} shards: {len(shards) - len(report['leaderless'])} with a "
+               f"leader, {len(report['under_replicated'])} below their replica count"
+               + (f"; without a leader: {report['leaderless']}" if report["leaderless"] else ""))
