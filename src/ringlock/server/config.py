@@ -17,7 +17,7 @@ DEFAULT_TICK_MS = 100
 """Raft ticks every 100 ms: heartbeats every tick, elections after 1-2 s of silence.
 Shorter ticks cost heartbeats for every shard on every node."""
 DEFAULT_ELECTION_TICKS = 10
-DEFAULT_HEARTBEAT_TICKS = 1
+DEFAULT_HEARTBEAT_TICKS = 2
 DEFAULT_REPLICAS = 3
 MAX_KEY_BYTES = 4 * 1024
 MAX_VALUE_BYTES = 1024 * 1024
