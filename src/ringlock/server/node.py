@@ -50,7 +50,7 @@ from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
 from ringlock.server.replica import Reply, ShardReplica
 from ringlock.statemachine.kv import encode
-from ringlock.storage import NodeStorage
+from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
 from ringlock.transport.wire import decode_message, encode_message
 
@@ -60,6 +60,8 @@ SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
+DRIVE_FAILED_EXIT_CODE = 70
+"""EX_SOFTWARE: the node hit a bug or a storage failure and stopped itself."""
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
 
 
@@ -127,10 +129,24 @@ class Node:
             # The fsync thread must get the GIL back quickly once its fsync returns, or
             # every turn waits out the default 5 ms switch interval.
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self._tasks.append(loop.create_task(self._drive_loop()))
+        drive = loop.create_task(self._drive_loop())
+        drive.add_done_callback(self._drive_ended)
+        self._tasks.append(drive)
         self._ticker = loop.call_later(config.tick_ms / 1000, self._tick)
         log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",
                  self.id, config.listen, len(self.replicas), config.data_dir, config.fsync)
+
+    def _drive_ended(self, task: asyncio.Task[None]) -> None:
+        """The drive loop ends only when the node stops. If it died of an error, every
+        shard here is frozen: crash at once, loudly, rather than linger as a zombie that
+        answers connections and drives nothing. A crash loses nothing acknowledged."""
+        if task.cancelled() or self._stopping:
+            return
+        error = task.exception()
+        log.critical("node %d: the drive loop failed, exiting: %r", self.id, error,
+                     exc_info=error)
+        logging.shutdown()
+        os._exit(DRIVE_FAILED_EXIT_CODE)
 
     def _lock_data_dir(self) -> None:
         """Two processes on one data directory would interleave their logs: refuse."""
@@ -300,7 +316,14 @@ class Node:
             if link is None:
                 continue
             if message.snapshot is not None and not message.snapshot.data:
-                message.snapshot = self._snapshot_from_file(message.group, message.snapshot)
+                try:
+                    message.snapshot = self._snapshot_from_file(message.group,
+                                                                message.snapshot)
+                except StorageError as error:
+                    # A newer snapshot replaced that file while the message waited (the
+                    # shard moved on, or lost its leadership): Raft sends a fresh one.
+                    log.warning("shard %d: snapshot not sent: %s", message.group, error)
+                    continue
                 self.counters["snapshots_sent"] += 1
             link.queue(encode_message(message))
 
