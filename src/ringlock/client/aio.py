@@ -283,8 +283,10 @@ class AsyncClient:
             address = self._pick(shard, stale_ok, avoid=tried_other)
             attempt += 1
             try:
+                # "redirect": answer NotLeader rather than relay, so this client learns
+                # where the leader is and goes there directly from now on.
                 return await self._connection(address).call(
-                    dict(body), min(ATTEMPT_TIMEOUT_S, remaining))
+                    {**body, "redirect": True}, min(ATTEMPT_TIMEOUT_S, remaining))
             except NotLeader as error:
                 last = error
                 self.retries += 1

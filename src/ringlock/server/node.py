@@ -52,6 +52,7 @@ from ringlock.server.replica import Reply, ShardReplica
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
+from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.wire import decode_message, encode_message
 
 log = logging.getLogger("ringlock.server")
@@ -60,6 +61,11 @@ SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
+FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
+                             "lease_revoke", "lease_keepalive"})
+MAX_FORWARD_HOPS = 2
+"""A node without a replica relays to a replica node, which may relay to the leader."""
+FORWARD_TIMEOUT_S = 5.0
 DRIVE_FAILED_EXIT_CODE = 70
 """EX_SOFTWARE: the node hit a bug or a storage failure and stopped itself."""
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
@@ -83,7 +89,7 @@ class Node:
         self.stopped = asyncio.Event()
         self.started_at = time.monotonic()
         self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0,
-                         "snapshots_sent": 0, "snapshots_installed": 0}
+                         "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0}
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
             "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
@@ -91,6 +97,8 @@ class Node:
             "lease_revoke": self._op_lease_revoke, "lease_keepalive": self._op_lease_keepalive,
         }
         self.storage: NodeStorage | None = None
+        self._forward_connections: dict[str, RpcConnection] = {}
+        self._relays: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -178,6 +186,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self.links.values():
             await link.close()
+        for forward in self._forward_connections.values():
+            await forward.close()
         if self.storage is not None:
             self.storage.sync()
             self.storage.close()
@@ -348,9 +358,54 @@ class Node:
             reply(None, BadRequest(f"unknown command {op!r}; known: {sorted(self._ops)}"))
             return
         try:
-            handler(body, reply)
+            if not self._forward(body, reply):
+                handler(body, reply)
         except RequestError as error:
             reply(None, error)
+
+    def _forward(self, body: dict[str, Any], reply: Reply) -> bool:
+        """Any node takes any request: one for a shard this node does not lead goes on to
+        the leader (or, from a node without a replica, to a replica node), and the answer
+        comes back the same way. A client that asks for redirects (the ringlock client,
+        which learns the leaders) gets NotLeader instead; `hops` bounds the relay."""
+        op = body.get("op")
+        shard = body.get("shard")
+        if (op not in FORWARDABLE_OPS or body.get("redirect") or type(shard) is not int
+                or not 0 <= shard < self.config.shards):
+            return False
+        hops = body.get("hops", 0)
+        if type(hops) is not int or not 0 <= hops < MAX_FORWARD_HOPS:
+            return False
+        replica = self.replicas.get(shard)
+        target: str | None
+        if replica is None:
+            target = random.choice([self.config.peers[n] for n in self.config.replica_nodes])
+        elif replica.raft.role == Role.LEADER or body.get("consistency") == "stale":
+            return False
+        else:
+            leader = replica.raft.leader
+            target = self.config.address_of(leader) if leader and leader != self.id else None
+            if target is None:
+                return False  # no leader known: answered locally (Unavailable/NotLeader)
+        forwarded = {**body, "hops": hops + 1}
+        self.counters["forwarded"] += 1
+        task = asyncio.get_running_loop().create_task(self._relay(target, forwarded, reply))
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        return True
+
+    async def _relay(self, target: str, body: dict[str, Any], reply: Reply) -> None:
+        connection = self._forward_connections.get(target)
+        if connection is None or connection.broken:
+            connection = self._forward_connections[target] = RpcConnection(target)
+        try:
+            result = await connection.call(body, FORWARD_TIMEOUT_S)
+        except RequestError as error:
+            reply(None, error)
+        except (TimeoutError, OSError) as error:
+            reply(None, Unavailable(f"node {self.id} could not reach {target}: {error!r}"))
+        else:
+            reply(result, None)
 
     def _replica(self, shard: int) -> ShardReplica:
         replica = self.replicas.get(shard)
