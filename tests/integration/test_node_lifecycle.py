@@ -54,3 +54,22 @@ def test_a_second_node_on_the_same_data_directory_refuses_to_start(
          "--data", str(node.data_dir)], capture_output=True, timeout=30, text=True)
     assert result.returncode == 2
     assert "in use by another ringlock process" in result.stderr
+
+
+def test_leaders_spread_out_again_after_a_failover_and_restart(cluster: DevCluster) -> None:
+    leaders = cluster.wait_ready()
+    victim, _ = Counter(leaders.values()).most_common(1)[0]
+    cluster.kill(victim)
+    assert victim not in cluster.wait_ready().values()  # the others took its shards
+    cluster.start_node(victim)
+    deadline = time.monotonic() + 30
+    spread: Counter[int] = Counter()
+    while time.monotonic() < deadline:
+        current = cluster.wait_ready()
+        spread = Counter(current.values())
+        spread.update(dict.fromkeys(cluster.nodes, 0))  # a node leading nothing counts too
+        if max(spread.values()) - min(spread.values()) <= 1:
+            break
+        time.sleep(0.2)
+    assert max(spread.values()) - min(spread.values()) <= 1, dict(spread)
+    assert spread[victim] >= 1

@@ -49,6 +49,7 @@ from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
 from ringlock.server.replica import Reply, ShardReplica
+from ringlock.sharding.placement import plan_leaders
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
@@ -66,6 +67,10 @@ FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant
 MAX_FORWARD_HOPS = 2
 """A node without a replica relays to a replica node, which may relay to the leader."""
 FORWARD_TIMEOUT_S = 5.0
+BALANCE_EVERY_TICKS = 20
+"""Leadership balance is checked every 2 s at the default tick."""
+MAX_BALANCE_MOVES = 4
+"""Leaderships one node hands over per check: gentle on clients, done in seconds."""
 DRIVE_FAILED_EXIT_CODE = 70
 """EX_SOFTWARE: the node hit a bug or a storage failure and stopped itself."""
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
@@ -89,7 +94,9 @@ class Node:
         self.stopped = asyncio.Event()
         self.started_at = time.monotonic()
         self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0,
-                         "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0}
+                         "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0,
+                         "leader_transfers": 0}
+        self._ticks = 0
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
             "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
@@ -234,6 +241,9 @@ class Node:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         self._ticker = loop.call_later(self.config.tick_ms / 1000, self._tick)
+        self._ticks += 1
+        if self._ticks % BALANCE_EVERY_TICKS == 0:
+            self._balance_leaders()
         now = time.monotonic()
         for shard, replica in self.replicas.items():
             replica.raft.tick()
@@ -241,6 +251,37 @@ class Node:
                 self._expire_leases(replica, now)
             if replica.raft.has_ready():
                 self._mark(shard)
+
+    def _balance_leaders(self) -> None:
+        """Hand some of this node's leaderships to peers that lead fewer shards, so that
+        after a failover and a restart the leaders spread out again. Every node runs the
+        same plan (`plan_leaders`, which keeps leaders where it can) over what it sees,
+        and moves only its own leaderships, a few at a time, to caught-up live peers."""
+        live = {self.id} | {p for p, link in self.links.items() if link.connected}
+        current = {s: r.raft.leader for s, r in self.replicas.items() if r.raft.leader}
+        if not current or len(current) < len(self.replicas):
+            return  # an election is under way somewhere: wait for a settled view
+        placement = {s: sorted(n for n in r.raft.configuration.voters if n in live)
+                     for s, r in self.replicas.items()}
+        target = plan_leaders(placement, current)
+        moved = 0
+        for shard, replica in sorted(self.replicas.items()):
+            raft = replica.raft
+            to = target.get(shard, self.id)
+            if raft.role != Role.LEADER or to == self.id or moved >= MAX_BALANCE_MOVES:
+                continue
+            progress = raft.progress.get(to)
+            if progress is None or progress.match_index < raft.log.last_index():
+                continue
+            try:
+                raft.transfer_leadership(to)
+            except ProposalDropped:
+                continue
+            moved += 1
+            self._mark(shard)
+        if moved:
+            self.counters["leader_transfers"] += moved
+            log.info("node %d: handing %d leaderships to less loaded peers", self.id, moved)
 
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
         for item in raw:
