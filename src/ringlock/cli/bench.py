@@ -30,10 +30,13 @@ from ringlock.devcluster import DevCluster, free_base_port
               help="Also measure each node's CPU while idle for this many seconds.")
 @click.option("--memory-keys", type=click.IntRange(0, 100_000_000), default=0,
               help="Also load this many 100-byte values and report each node's RSS.")
+@click.option("--failovers", type=click.IntRange(0, 1000), default=0,
+              help="Also kill -9 a shard's leader this many times and time the first "
+                   "successful write to that shard after each kill (needs no --cluster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON too.")
 def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, keys: int,
           processes: int, shards: int, no_fsync: bool, idle_seconds: float, memory_keys: int,
-          as_json: bool) -> None:
+          failovers: int, as_json: bool) -> None:
     """Measure throughput and latency. A benchmark, not a test."""
     names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
     unknown = [w for w in names if w not in kv.WORKLOADS]
@@ -53,6 +56,8 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
         try:
             report = _run(addresses, dev, names, seconds, in_flight, keys, processes,
                           idle_seconds, memory_keys)
+            if failovers and dev is not None:
+                report["failover"] = _failovers(dev, failovers)
         finally:
             if dev is not None:
                 dev.stop()
@@ -95,6 +100,31 @@ def _run(addresses: list[str], dev: DevCluster | None, names: list[str], seconds
     return report
 
 
+def _failovers(dev: DevCluster, count: int) -> dict[str, Any]:
+    """kill -9 the leader of one shard, then write to that shard until a write succeeds:
+    the time a client sees between a leader's death and its shard taking writes again."""
+    from ringlock.sharding.keys import shard_of
+
+    seconds = []
+    with dev.client(timeout=30) as client, click.progressbar(range(count),
+                                                            label="failovers") as bar:
+        for round_ in bar:
+            leaders = dev.wait_ready()
+            shard = round_ % dev.shards
+            victim = leaders[shard]
+            key = next(f"failover:{i}" for i in range(1_000_000)
+                       if shard_of(f"failover:{i}".encode(), dev.shards) == shard)
+            client.put(key, "before")  # the client knows the leader before the kill
+            dev.kill(victim)
+            started = time.monotonic()
+            client.put(key, "after")
+            seconds.append(time.monotonic() - started)
+            dev.start_node(victim)
+    ordered = sorted(seconds)
+    return {"kills": count, "p50_s": round(ordered[len(ordered) // 2], 3),
+            "max_s": round(ordered[-1], 3), "min_s": round(ordered[0], 3)}
+
+
 def _idle_cpu(dev: DevCluster, seconds: float) -> dict[str, float]:
     pids = {n: p.pid for n, p in dev.nodes.items() if p.pid}
     before = {n: kv.cpu_seconds(pid) for n, pid in pids.items()}
@@ -112,5 +142,7 @@ def _print(report: dict[str, Any]) -> None:
                    f"{row['p99_ms']:>10}{row['errors']:>8}")
     if "idle_cpu_percent" in report:
         click.echo(f"idle CPU per node (% of a core): {report['idle_cpu_percent']}")
+    if "failover" in report:
+        click.echo(f"kill -9 of a leader to the first write on its shard: {report['failover']}")
     if "memory" in report:
         click.echo(f"memory: {report['memory']}")

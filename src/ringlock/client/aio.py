@@ -38,7 +38,7 @@ DEFAULT_TIMEOUT_S = 10.0
 ATTEMPT_TIMEOUT_S = 2.0
 """One try at one node; a paused or partitioned node costs at most this before failover."""
 BACKOFF_BASE_S = 0.02
-BACKOFF_MAX_S = 0.5
+BACKOFF_MAX_S = 0.2
 
 Key = str | bytes
 
