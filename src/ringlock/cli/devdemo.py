@@ -12,6 +12,7 @@ from ringlock.devcluster import DevCluster
 from ringlock.sharding.keys import shard_of
 
 DEMO_KEYS = 1000
+BALANCE_WAIT_S = 20.0
 
 
 def run_demo(cluster: DevCluster) -> None:
@@ -53,5 +54,16 @@ def run_demo(cluster: DevCluster) -> None:
         say(f"\n4. restarting node {victim}; it catches up from its log and its peers")
         cluster.start_node(victim)
         cluster.wait_ready()
-        say(f"   every shard has a leader again: {dict(Counter(cluster.leaders().values()))} "
-            "(shards led per node)")
+        say(f"   shards led per node: {_spread(cluster)}; the nodes hand leaderships over "
+            "until they are even ...")
+        deadline = time.monotonic() + BALANCE_WAIT_S
+        spread = _spread(cluster)
+        while max(spread.values()) - min(spread.values()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            spread = _spread(cluster)
+        say(f"   shards led per node: {spread}")
+
+
+def _spread(cluster: DevCluster) -> dict[int, int]:
+    counts = Counter(cluster.wait_ready().values())
+    return {node: counts.get(node, 0) for node in sorted(cluster.nodes)}
