@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlock.errors import ConfigError, RequestError
+from ringlock.raft.messages import Role
 
 DEFAULT_DATA_DIR = ".ringlock"
 DEFAULT_BASE_PORT = 7101
@@ -175,7 +176,7 @@ class DevCluster:
         leaders: dict[int, int] = {}
         for report in self._client.status(timeout=1.0):
             for shard, role, *_ in report.get("shards", []):
-                if role == 3:  # Role.LEADER
+                if role == Role.LEADER:
                     leaders[shard] = report["node"]
         return leaders
 

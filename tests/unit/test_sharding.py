@@ -41,3 +41,12 @@ def test_keys_spread_evenly_over_shards() -> None:
     for n in range(64_000):
         counts[shard_of(f"key-{n}".encode(), 64)] += 1
     assert max(counts) < 1.2 * 1000 and min(counts) > 0.8 * 1000
+
+
+def test_key_in_shard_lands_on_the_shard_asked_for() -> None:
+    from ringlock.sharding.keys import key_in_shard
+
+    for shard in range(64):
+        assert shard_of(key_in_shard(shard, 64, "probe").encode(), 64) == shard
+    with pytest.raises(ValueError, match="shard must be in"):
+        key_in_shard(64, 64)

@@ -103,7 +103,7 @@ def _run(addresses: list[str], dev: DevCluster | None, names: list[str], seconds
 def _failovers(dev: DevCluster, count: int) -> dict[str, Any]:
     """kill -9 the leader of one shard, then write to that shard until a write succeeds:
     the time a client sees between a leader's death and its shard taking writes again."""
-    from ringlock.sharding.keys import shard_of
+    from ringlock.sharding.keys import key_in_shard
 
     seconds = []
     with dev.client(timeout=30) as client, click.progressbar(range(count),
@@ -112,8 +112,7 @@ def _failovers(dev: DevCluster, count: int) -> dict[str, Any]:
             leaders = dev.wait_ready()
             shard = round_ % dev.shards
             victim = leaders[shard]
-            key = next(f"failover:{i}" for i in range(1_000_000)
-                       if shard_of(f"failover:{i}".encode(), dev.shards) == shard)
+            key = key_in_shard(shard, dev.shards, "failover")
             client.put(key, "before")  # the client knows the leader before the kill
             dev.kill(victim)
             started = time.monotonic()

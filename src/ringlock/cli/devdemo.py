@@ -9,7 +9,7 @@ from collections import Counter
 import click
 
 from ringlock.devcluster import DevCluster
-from ringlock.sharding.keys import shard_of
+from ringlock.sharding.keys import key_in_shard
 
 DEMO_KEYS = 1000
 BALANCE_WAIT_S = 20.0
@@ -31,13 +31,12 @@ def run_demo(cluster: DevCluster) -> None:
         victim, led = Counter(leaders.values()).most_common(1)[0]
         say(f"\n2. kill -9 node {victim} (pid {cluster.nodes[victim].pid}), leader of "
             f"{led} of {cluster.shards} shards, and keep writing")
-        orphaned = {shard for shard, node in leaders.items() if node == victim}
-        probe = next(f"probe:{i}" for i in range(100_000)
-                     if shard_of(f"probe:{i}".encode(), cluster.shards) in orphaned)
+        orphaned = min(shard for shard, node in leaders.items() if node == victim)
+        probe = key_in_shard(orphaned, cluster.shards, "probe")
         cluster.kill(victim)
         started = time.monotonic()
         client.put(probe, "first write after the kill")
-        say(f"   a write to shard {shard_of(probe.encode(), cluster.shards)} (led by node "
+        say(f"   a write to shard {orphaned} (led by node "
             f"{victim} until now) was acknowledged {time.monotonic() - started:.2f} s "
             "after the kill: a new leader was elected")
         for n in range(DEMO_KEYS, 2 * DEMO_KEYS):

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ringlock.errors import RequestError
+from ringlock.raft.messages import Role
 
 cluster_option = click.option(
     "--cluster", envvar="RINGLOCK_CLUSTER", default=None,
@@ -124,7 +125,7 @@ def cluster_report(reports: list[dict[str, Any]], shards: int,
         for shard, role, _leader, term, _commit, applied_index in report.get("shards", []):
             applied.setdefault(shard, {})[node] = applied_index
             hosted[node] = hosted.get(node, 0) + 1
-            if role == 3 and term >= terms.get(shard, -1):
+            if role == Role.LEADER and term >= terms.get(shard, -1):
                 leaders[shard], terms[shard] = node, term
     up = {r.get("node") for r in reports if "error" not in r}
     nodes = [{"id": r.get("node"), "address": r.get("address"),

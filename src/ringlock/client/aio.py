@@ -275,6 +275,10 @@ class AsyncClient:
         attempt = 0
         last: Exception | None = None
         tried_other = False
+        # Answer NotLeader rather than relay, so this client learns where the leader is
+        # and goes there directly from now on. One body for every attempt: `call` only
+        # sets its id, and the (client, seq) that makes a retry safe stays the same.
+        body["redirect"] = True
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -283,10 +287,8 @@ class AsyncClient:
             address = self._pick(shard, stale_ok, avoid=tried_other)
             attempt += 1
             try:
-                # "redirect": answer NotLeader rather than relay, so this client learns
-                # where the leader is and goes there directly from now on.
                 return await self._connection(address).call(
-                    {**body, "redirect": True}, min(ATTEMPT_TIMEOUT_S, remaining))
+                    body, min(ATTEMPT_TIMEOUT_S, remaining))
             except NotLeader as error:
                 last = error
                 self.retries += 1

@@ -56,9 +56,6 @@ class NodeConfig:
     election_ticks: int = DEFAULT_ELECTION_TICKS
     heartbeat_ticks: int = DEFAULT_HEARTBEAT_TICKS
     fsync: bool = True
-    sync_in_thread: bool = False
-    """fsync in a worker thread while the loop goes on stepping messages. Off by default:
-    on a fast disk the thread hand-off costs more than the fsync it overlaps."""
     compact_every: int = DEFAULT_COMPACT_EVERY
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MAX_VALUE_BYTES

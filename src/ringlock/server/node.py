@@ -25,7 +25,6 @@ import gc
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +57,6 @@ from ringlock.transport.wire import decode_message, encode_message
 
 log = logging.getLogger("ringlock.server")
 
-SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (50_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
@@ -140,10 +138,6 @@ class Node:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         loop = asyncio.get_running_loop()
-        if config.sync_in_thread:
-            # The fsync thread must get the GIL back quickly once its fsync returns, or
-            # every turn waits out the default 5 ms switch interval.
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         drive = loop.create_task(self._drive_loop())
         drive.add_done_callback(self._drive_ended)
         self._tasks.append(drive)
@@ -214,12 +208,7 @@ class Node:
                           and self.links[n].connected]
                 if not others:
                     continue
-                target = max(others, key=lambda n: progress[n].match_index)
-                try:
-                    replica.raft.transfer_leadership(target)
-                except ProposalDropped:
-                    continue
-                self._mark(replica.shard)
+                self._hand_over(replica, max(others, key=lambda n: progress[n].match_index))
             await asyncio.sleep(0.05)
         log.warning("node %d: leadership transfer did not finish in %.1f s",
                      self.id, SHUTDOWN_TRANSFER_S)
@@ -271,17 +260,20 @@ class Node:
             if raft.role != Role.LEADER or to == self.id or moved >= MAX_BALANCE_MOVES:
                 continue
             progress = raft.progress.get(to)
-            if progress is None or progress.match_index < raft.log.last_index():
-                continue
-            try:
-                raft.transfer_leadership(to)
-            except ProposalDropped:
-                continue
-            moved += 1
-            self._mark(shard)
+            if progress is not None and progress.match_index == raft.log.last_index():
+                moved += self._hand_over(replica, to)
         if moved:
             self.counters["leader_transfers"] += moved
             log.info("node %d: handing %d leaderships to less loaded peers", self.id, moved)
+
+    def _hand_over(self, replica: ShardReplica, to: int) -> bool:
+        """Start moving `replica`'s leadership to `to`; False if the core refused."""
+        try:
+            replica.raft.transfer_leadership(to)
+        except ProposalDropped:
+            return False
+        self._mark(replica.shard)
+        return True
 
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
         for item in raw:
@@ -302,7 +294,6 @@ class Node:
     # ---------------------------------------------------------------------- driving
 
     async def _drive_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         storage = self.storage
         assert storage is not None
         while True:
@@ -318,19 +309,17 @@ class Node:
                 if rd.snapshot is not None:
                     storage.save_snapshot(shard, rd.snapshot)
                     self.counters["snapshots_installed"] += 1
-                hard_state = rd.hard_state
-                if hard_state is not None and replica.only_commit_moved(hard_state):
-                    # Raft needs term and vote durable before it speaks; the commit index
-                    # is a hint a restarted replica learns again from its leader, so it is
-                    # not worth a record (and often an fsync) per Ready.
-                    hard_state = None
+                hard_state = replica.hard_state_to_persist(rd.hard_state)
                 if rd.entries or hard_state is not None:
                     storage.append(shard, hard_state, rd.entries)
-                if rd.appends_may_precede_persist:
-                    early = [m for m in rd.messages if m.type == MessageType.APPEND]
-                    if early:
-                        rd.messages = [m for m in rd.messages if m.type != MessageType.APPEND]
-                        self._send(early)
+                if rd.appends_may_precede_persist and rd.messages:
+                    later = []
+                    for message in rd.messages:  # appends leave now, the rest after the fsync
+                        if message.type == MessageType.APPEND:
+                            self._send_one(message)
+                        else:
+                            later.append(message)
+                    rd.messages = later
                 replica.apply(rd)
                 batch.append((replica, rd))
             if storage.pending():
@@ -339,10 +328,7 @@ class Node:
                 self._flush_links()
                 for connection in list(self.answers_waiting):
                     connection.flush()
-                if self.config.sync_in_thread:
-                    await loop.run_in_executor(None, storage.sync)
-                else:
-                    storage.sync()
+                storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
                 self.counters["syncs"] += 1
             for replica, rd in batch:
                 self._send(rd.messages)
@@ -361,22 +347,23 @@ class Node:
             await asyncio.sleep(0)
 
     def _send(self, messages: list[Any]) -> None:
-        links = self.links
         for message in messages:
-            link = links.get(message.to)
-            if link is None:
-                continue
-            if message.snapshot is not None and not message.snapshot.data:
-                try:
-                    message.snapshot = self._snapshot_from_file(message.group,
-                                                                message.snapshot)
-                except StorageError as error:
-                    # A newer snapshot replaced that file while the message waited (the
-                    # shard moved on, or lost its leadership): Raft sends a fresh one.
-                    log.warning("shard %d: snapshot not sent: %s", message.group, error)
-                    continue
-                self.counters["snapshots_sent"] += 1
-            link.queue(encode_message(message))
+            self._send_one(message)
+
+    def _send_one(self, message: Any) -> None:
+        link = self.links.get(message.to)
+        if link is None:
+            return
+        if message.snapshot is not None and not message.snapshot.data:
+            try:
+                message.snapshot = self._snapshot_from_file(message.group, message.snapshot)
+            except StorageError as error:
+                # A newer snapshot replaced that file while the message waited (the shard
+                # moved on, or lost its leadership): Raft sends a fresh one.
+                log.warning("shard %d: snapshot not sent: %s", message.group, error)
+                return
+            self.counters["snapshots_sent"] += 1
+        link.queue(encode_message(message))
 
     def _snapshot_from_file(self, shard: int, stub: Snapshot) -> Snapshot:
         """Replicas keep only a snapshot's metadata in memory; its data is in its file."""

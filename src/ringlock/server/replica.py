@@ -110,14 +110,15 @@ class ShardReplica:
         log = raft.log
         return log.applied_index < log.commit_index
 
-    def only_commit_moved(self, hard_state: HardState) -> bool:
-        """True if `hard_state` differs from the last one written only in its commit index
-        (and records it as written otherwise)."""
-        term_vote = (hard_state.term, hard_state.vote)
-        if term_vote == self._durable_term_vote:
-            return True
-        self._durable_term_vote = term_vote
-        return False
+    def hard_state_to_persist(self, hard_state: HardState | None) -> HardState | None:
+        """What of a Ready's hard state goes to the log: only a change of term or vote.
+        Raft needs those durable before it speaks; the commit index is a hint a restarted
+        replica learns again from its leader, not worth a record (and an fsync) per Ready.
+        The caller writes what this returns."""
+        if hard_state is None or (hard_state.term, hard_state.vote) == self._durable_term_vote:
+            return None
+        self._durable_term_vote = (hard_state.term, hard_state.vote)
+        return hard_state
 
     def apply(self, rd: Ready) -> None:
         """Apply what `rd` commits and answer the requests it completes.

@@ -33,3 +33,15 @@ def shard_of(key: bytes, shards: int) -> int:
     if not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be in 1..{MAX_SHARDS}, got {shards}")
     return zlib.crc32(hash_part(key)) % shards
+
+
+def key_in_shard(shard: int, shards: int, prefix: str = "key") -> str:
+    """A key (`prefix:N`, smallest N) that lands on `shard`: for tests, demos and
+    benchmarks that must hit one shard on purpose."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+    for n in range(1000 * shards):  # crc32 spreads evenly: found within a few * shards
+        key = f"{prefix}:{n}"
+        if shard_of(key.encode(), shards) == shard:
+            return key
+    raise ValueError(f"no key with prefix {prefix!r} found for shard {shard}")
