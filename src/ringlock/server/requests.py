@@ -22,11 +22,13 @@ MIN_LEASE_TTL_MS = 100
 
 def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...],
           default: Any = ...) -> Any:
-    value = body.get(name, default)
-    if value is ...:
-        raise BadRequest(f"missing field {name!r}")
-    if value is default and default is not ...:
-        return value
+    """`body[name]` if it has type `kind` (a bool is not an int); `default` if absent,
+    and BadRequest if absent without a default."""
+    if name not in body:
+        if default is ...:
+            raise BadRequest(f"missing field {name!r}")
+        return default
+    value = body[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise BadRequest(f"field {name!r} has the wrong type ({type(value).__name__})")
     return value
