@@ -25,6 +25,7 @@ Record types and bodies::
     ENTRIES     2  [group, [[index, term, kind, data], ...]]    indexes consecutive
     HARD_STATE  3  [group, term, vote, commit]
     SNAPSHOT    4  [group, index, term, keep_tail]              marker for a snapshot file
+    DROP        5  [group]                                      the group left this node
 
 Every segment opens with CHECKPOINT records repeating each group's durable hard state
 and snapshot marker, so replay may start at any segment; `base_seq` names the oldest
@@ -41,9 +42,13 @@ and, unless `keep_tail`, every later entry too. `keep_tail` records the Ready ru
 term"), decided when the marker is buffered from a cheap in-memory picture of each
 log's terms: storing the decision is what lets replay start after released segments,
 which may have held the entry the rule would look at. A checkpoint's marker always
-keeps the tail (it repeats the current snapshot). A bad record at the very end of the
-newest segment, with nothing valid after it, is a torn write and is cut off (logged);
-any other bad record raises StorageCorruption naming the file and offset.
+keeps the tail (it repeats the current snapshot). DROP forgets the group (its replica
+was removed from it): records after it start the group from nothing, and its entries
+stop counting against any segment's deletion. Its snapshot files are deleted by the
+sync that makes the DROP durable, or at open when replay ends with the group dropped.
+A bad record at the very end of the newest segment, with nothing valid after it, is a
+torn write and is cut off (logged); any other bad record raises StorageCorruption
+naming the file and offset.
 
 Snapshot file::
 
@@ -58,7 +63,7 @@ if that is newer than the WAL's last marker (a crash came between the file and t
 sync), it is installed as though its marker were the last record, and the marker is
 written at once. A newest file that is unreadable raises StorageCorruption naming it.
 
-Threading: append, save_snapshot, compact and pending from one (event-loop) thread;
+Threading: append, save_snapshot, compact, drop and pending from one (event-loop) thread;
 sync() from at most one other thread at a time. A record appended while a sync runs
 lands in the next batch; everything appended before sync() was called is durable when
 it returns. With fsync=False nothing is fsynced: fast, and unsafe against power loss

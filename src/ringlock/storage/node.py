@@ -1,6 +1,6 @@
 """NodeStorage: the one WAL and snapshot directory that every Raft group on a node shares.
 
-Threading: the event-loop thread calls append, save_snapshot, compact and pending;
+Threading: the event-loop thread calls append, save_snapshot, compact, drop and pending;
 one worker thread may run sync() meanwhile (never two syncs at once). `_lock` guards
 only the batch being filled and the writer-side bookkeeping, so the loop never waits
 for a disk: sync swaps the batch out under the lock and does its I/O without it.
@@ -70,6 +70,10 @@ class _Effect:
 class _Batch:
     buf: bytearray = field(default_factory=bytearray)
     effects: dict[int, _Effect] = field(default_factory=dict)
+    """Per group, what the records after its last DROP in this batch change."""
+    drops: dict[int, list[int]] = field(default_factory=dict)
+    """Groups dropped in this batch, each with the indexes of the snapshot files it had
+    when dropped: sync deletes them once the DROP record is durable."""
 
     def effect(self, group: int) -> _Effect:
         effect = self.effects.get(group)
@@ -105,6 +109,7 @@ class NodeStorage:
         self._make_dirs(Path(directory))
         self._snapfiles = SnapshotFiles(self._snap_dir, fsync=fsync)
         wal = replay_wal(self._wal_dir, fsync=fsync)
+        self._delete_dropped_leftovers(wal)
         # What the WAL holds; adopted snapshots join it only when their markers are synced.
         self._durable = {g: _Durable(s.hard_state, s.snapshot) for g, s in wal.groups.items()}
         adopted = self._adopt_newer_snapshot_files(wal.groups)
@@ -116,6 +121,8 @@ class NodeStorage:
         self._failed: BaseException | None = None
         self._groups = set(wal.groups)
         self._shapes = {g: LogShape(s.snapshot, s.entries) for g, s in wal.groups.items()}
+        self._dropping: set[int] = set()
+        """Groups dropped by a sync that has not yet returned (or not yet started)."""
 
         self.stats = StorageStats(torn_bytes_cut=wal.torn_bytes)
         self._segments: list[Segment] = []
@@ -137,6 +144,21 @@ class NodeStorage:
                 path.mkdir(parents=True, exist_ok=True)
                 if self._fsync:
                     fsync_dir(path.parent)
+
+    def _delete_dropped_leftovers(self, wal: WalState) -> None:
+        """Replay ended with these groups dropped, so every snapshot file of theirs is a
+        leftover (see WalState.dropped); kept, it would be adopted below as the group's
+        newest snapshot and bring the dropped replica back."""
+        for group in sorted(wal.dropped):
+            state = wal.groups.get(group)
+            invariant(
+                state is None or state.snapshot is None,
+                f"group {group}: a snapshot marker follows its drop, yet its files are deleted",
+            )
+            indexes = self._snapfiles.forget(group)
+            if indexes:
+                log.info("deleting snapshot files %s of dropped group %d", indexes, group)
+            self._snapfiles.delete(group, indexes)
 
     def _adopt_newer_snapshot_files(
         self, groups: dict[int, GroupLog]
@@ -255,6 +277,11 @@ class NodeStorage:
         index, term = snapshot.meta.index, snapshot.meta.term
         with self._lock:
             self._check_writable()
+            if group in self._dropping:
+                raise StorageError(
+                    f"group {group}: dropped, and the drop is not durable yet; "
+                    "sync() before saving a snapshot of a new replica"
+                )
             self._check_snapshot_order(group, index, term)
         try:
             self._snapfiles.write(group, snapshot)
@@ -300,6 +327,35 @@ class NodeStorage:
                 raise StorageError(
                     f"group {group}: cannot compact to {index}, its snapshot covers {covered}"
                 )
+
+    def drop(self, group: int) -> None:
+        """Forget everything stored for the group: its replica was removed from the group
+        (the shard moved to another node), and what it left here would otherwise be
+        replayed at every start and pin the WAL segments holding its entries forever.
+
+        Buffered like append: once a sync() that starts after this returns, the group is
+        gone from the WAL and its snapshot files are deleted; a crash before that keeps
+        it whole. At once, the group leaves `groups()`, an unclaimed `load()` of it, and
+        the log picture the gap checks use: records after the drop build the group
+        afresh (a new replica: its log is empty, so it starts with a snapshot or at 1).
+
+        The new replica's first snapshot must wait until the drop is durable (refused
+        until then): snapshot files are written before their marker, and one written
+        now could be adopted into the old replica after a crash, or share an index with
+        a file the drop deletes.
+        """
+        _check_group(group)
+        record = records.encode_drop(group)
+        with self._lock:
+            self._check_writable()
+            self._batch.buf += record
+            self._batch.effects.pop(group, None)  # what the batch did to the old replica
+            files = self._batch.drops.setdefault(group, [])
+            files += self._snapfiles.forget(group)
+            self._dropping.add(group)
+            self._shapes.pop(group, None)
+            self._groups.discard(group)
+        self._loaded.pop(group, None)
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -352,6 +408,7 @@ class NodeStorage:
                 fsync_dir(self._wal_dir)
         segment.size = end
         self._absorb(batch, segment)
+        self._delete_dropped_snapshots(batch)
         self._delete(released)
         self.stats.syncs += 1
         self.stats.bytes_written += len(data)
@@ -412,6 +469,11 @@ class NodeStorage:
         return durable.snapshot[0] if durable and durable.snapshot else 0
 
     def _absorb(self, batch: _Batch, segment: Segment) -> None:
+        # Drops first: every effect in the batch is of records after its group's drop.
+        for group in batch.drops:
+            self._durable.pop(group, None)  # so no checkpoint names the dropped replica
+            for held in self._segments:
+                held.max_index.pop(group, None)  # its entries no longer pin a segment
         for group, effect in batch.effects.items():
             durable = self._durable.get(group)
             if durable is None:
@@ -423,6 +485,22 @@ class NodeStorage:
             if effect.max_index:
                 top = max(segment.max_index.get(group, 0), effect.max_index)
                 segment.max_index[group] = top
+
+    def _delete_dropped_snapshots(self, batch: _Batch) -> None:
+        """The DROP records are durable now, so their groups' old snapshot files can go.
+        Done before this sync returns: a later sync may release the segment holding a
+        DROP, after which a surviving file would be adopted at open as a new group."""
+        if not batch.drops:
+            return
+        with self._lock:
+            invariant(
+                all(group in self._dropping for group in batch.drops),
+                "a dropped group was let save snapshots before its old files were deleted",
+            )
+        for group, indexes in batch.drops.items():
+            self._snapfiles.delete(group, indexes)
+        with self._lock:  # the new replica may save snapshots, unless dropped again since
+            self._dropping -= batch.drops.keys() - self._batch.drops.keys()
 
     def _delete(self, released: list[Segment]) -> None:
         """Oldest first, so a crash midway leaves a contiguous suffix; anything it leaves

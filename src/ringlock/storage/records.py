@@ -43,6 +43,7 @@ class RecordType(IntEnum):
     ENTRIES = 2
     HARD_STATE = 3
     SNAPSHOT = 4
+    DROP = 5
 
 
 _TYPES = {int(t): t for t in RecordType}
@@ -93,6 +94,10 @@ def encode_hard_state(group: int, hard_state: HardState) -> bytes:
 
 def encode_snapshot_marker(group: int, index: int, term: int, keep_tail: bool) -> bytes:
     return _frame(RecordType.SNAPSHOT, [group, index, term, keep_tail])
+
+
+def encode_drop(group: int) -> bytes:
+    return _frame(RecordType.DROP, [group])
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +209,13 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DropRecord:
+    group: int
+    """Everything stored for the group before this record is gone: its replica left
+    this node. Records after it start the group afresh."""
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointRecord:
     base_seq: int
     """Oldest segment still needed when this checkpoint was written; anything older is
@@ -211,7 +223,7 @@ class CheckpointRecord:
     items: list[CheckpointItem]
 
 
-Decoded = EntriesRecord | HardStateRecord | SnapshotRecord | CheckpointRecord
+Decoded = EntriesRecord | HardStateRecord | SnapshotRecord | DropRecord | CheckpointRecord
 
 
 def decode(record: RawRecord) -> Decoded:
@@ -281,6 +293,11 @@ def _decode_snapshot(body: Any) -> SnapshotRecord:
     )
 
 
+def _decode_drop(body: Any) -> DropRecord:
+    (group,) = _fields(body, 1, "DROP body")
+    return DropRecord(_uint(group, "group"))
+
+
 def _decode_checkpoint(body: Any) -> CheckpointRecord:
     base_seq, rows = _fields(body, 2, "CHECKPOINT body")
     return CheckpointRecord(_uint(base_seq, "base_seq"), [_item(r) for r in _rows(rows, "groups")])
@@ -301,4 +318,5 @@ _DECODERS: dict[RecordType, Callable[[Any], Decoded]] = {
     RecordType.ENTRIES: _decode_entries,
     RecordType.HARD_STATE: _decode_hard_state,
     RecordType.SNAPSHOT: _decode_snapshot,
+    RecordType.DROP: _decode_drop,
 }

@@ -9,6 +9,9 @@ The rules that make a damaged WAL either safe to open or refused:
 * Segments older than the newest checkpoint's `base_seq` were released; finding one
   means a crash interrupted their deletion, so they are deleted again unread.
   A missing segment at or after `base_seq` is damage.
+* A DROP record forgets its group: state, and the group's share of every segment's
+  `max_index` replayed so far, so the dropped log never holds a segment back. Records
+  after it rebuild the group from nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ringlock.storage.errors import StorageCorruption
 from ringlock.storage.records import (
     CheckpointRecord,
     Decoded,
+    DropRecord,
     EntriesRecord,
     HardStateRecord,
     RawRecord,
@@ -127,6 +131,10 @@ class WalState:
     groups: dict[int, GroupLog]
     segments: list[Segment]
     torn_bytes: int
+    dropped: set[int] = field(default_factory=set)
+    """Groups with a DROP record that no snapshot marker follows. Their snapshot files on
+    disk are all leftovers: of the dropped replica (the sync that made the drop durable
+    crashed before deleting them), or of a new one whose marker never became durable."""
 
 
 def replay_wal(wal_dir: Path, *, fsync: bool) -> WalState:
@@ -141,8 +149,9 @@ def replay_wal(wal_dir: Path, *, fsync: bool) -> WalState:
         if data.count(0, end) != len(data) - end:  # zeros are preallocation, not a torn write
             state.torn_bytes += len(data) - end
         segment = Segment(seq, path, end)
-        _apply_segment(segment, valid, state.groups)
+        _apply_segment(segment, valid, state)
         state.segments.append(segment)
+    state.dropped = {g for g in state.dropped if state.groups.get(g, GroupLog()).snapshot is None}
     return state
 
 
@@ -230,20 +239,22 @@ def _cut_torn_tail(path: Path, offset: int, size: int, reason: str, *, fsync: bo
         fsync_file(path)
 
 
-def _apply_segment(segment: Segment, valid: list[RawRecord], groups: dict[int, GroupLog]) -> None:
+def _apply_segment(segment: Segment, valid: list[RawRecord], state: WalState) -> None:
+    """`state.segments` holds the segments before this one."""
     path = str(segment.path)
     if valid and valid[0].type is not RecordType.CHECKPOINT:
         raise StorageCorruption(path, 0, "segment does not start with a checkpoint")
     for raw in valid:
         try:
-            _apply(records.decode(raw), segment, groups)
+            _apply(records.decode(raw), segment, state)
         except records.MalformedRecord as error:
             raise StorageCorruption(path, raw.offset, f"malformed record: {error}") from error
         except LogGap as error:
             raise StorageCorruption(path, raw.offset, f"inconsistent log: {error}") from error
 
 
-def _apply(record: Decoded, segment: Segment, groups: dict[int, GroupLog]) -> None:
+def _apply(record: Decoded, segment: Segment, state: WalState) -> None:
+    groups = state.groups
     if isinstance(record, EntriesRecord):
         groups.setdefault(record.group, GroupLog()).append(record.entries)
         if record.entries:
@@ -254,6 +265,11 @@ def _apply(record: Decoded, segment: Segment, groups: dict[int, GroupLog]) -> No
     elif isinstance(record, SnapshotRecord):
         group = groups.setdefault(record.group, GroupLog())
         group.install(record.index, record.term, record.keep_tail)
+    elif isinstance(record, DropRecord):
+        groups.pop(record.group, None)  # a group never seen: nothing to forget
+        for earlier in (*state.segments, segment):
+            earlier.max_index.pop(record.group, None)
+        state.dropped.add(record.group)
     else:
         _apply_checkpoint(record, groups)
 

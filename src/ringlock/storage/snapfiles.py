@@ -38,7 +38,8 @@ log = logging.getLogger("ringlock.storage")
 
 
 class SnapshotFiles:
-    """The snapshot directory of one node; only the event-loop thread touches it."""
+    """The snapshot directory of one node; only the event-loop thread touches it, except
+    `delete`, which the sync thread calls for files `forget` has already disowned."""
 
     def __init__(self, directory: Path, *, fsync: bool, keep: int = KEEP_SNAPSHOTS) -> None:
         self._dir = directory
@@ -71,6 +72,20 @@ class SnapshotFiles:
 
     def indexes(self, group: int) -> list[int]:
         return list(self._indexes.get(group, ()))
+
+    def forget(self, group: int) -> list[int]:
+        """Disown the group's files without deleting them (its drop is not durable yet):
+        `newest` and pruning no longer see them, and `delete` removes them later."""
+        return self._indexes.pop(group, [])
+
+    def delete(self, group: int, indexes: list[int]) -> None:
+        """Remove files that `forget` returned, durably. Touches only the disk, so the
+        sync thread may call it; the caller guarantees no new file of the group is
+        written meanwhile (one could reuse an index in the list)."""
+        for index in indexes:
+            self.path(group, index).unlink(missing_ok=True)
+        if indexes and self._fsync:
+            fsync_dir(self._dir)
 
     def write(self, group: int, snapshot: Snapshot) -> None:
         """Atomically publish the file, then prune older ones (see KEEP_SNAPSHOTS)."""
