@@ -57,6 +57,9 @@ class RequestError(RinglockError):
 
     code = "Error"
     retryable = False
+    version = 0
+    """The answering node's map version, on routing errors: a client whose map is
+    older fetches the map again before retrying."""
 
 
 class NotLeader(RequestError):
@@ -65,9 +68,11 @@ class NotLeader(RequestError):
     code = "NotLeader"
     retryable = True
 
-    def __init__(self, message: str = "not the leader", leader: str | None = None) -> None:
+    def __init__(self, message: str = "not the leader", leader: str | None = None, *,
+                 version: int = 0) -> None:
         super().__init__(message)
         self.leader = leader
+        self.version = version
 
 
 class WrongShard(RequestError):
@@ -75,6 +80,10 @@ class WrongShard(RequestError):
 
     code = "WrongShard"
     retryable = True
+
+    def __init__(self, message: str = "wrong shard", *, version: int = 0) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class Unavailable(RequestError):

@@ -35,6 +35,15 @@ def setup_logging(node: int, level: str) -> None:
 @click.option("--election-ticks", type=click.IntRange(2, 1000))
 @click.option("--compact-every", type=click.IntRange(1, 10_000_000),
               help="Snapshot a shard and cut its log after this many applied entries.")
+@click.option("--join", "join", metavar="HOST:PORT",
+              help="Join the cluster this member belongs to (first start of a new node).")
+@click.option("--replicas", type=click.IntRange(1, 9),
+              help="Replicas per shard at founding (default 3).")
+@click.option("--dead-after", "dead_after_s", type=click.FloatRange(1, 86_400),
+              help="Seconds unheard before a node's replicas are re-created elsewhere "
+                   "(default 60).")
+@click.option("--max-moves", type=click.IntRange(1, 64),
+              help="Shard replicas moving at once (default 2).")
 @click.option("--no-fsync", is_flag=True, default=None,
               help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
 @click.option("--log-level", default="info", show_default=True,
@@ -42,14 +51,16 @@ def setup_logging(node: int, level: str) -> None:
 def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: str | None,
           config_file: str | None, shards: int | None, cluster_name: str | None,
           tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
-          no_fsync: bool | None,
+          join: str | None, replicas: int | None, dead_after_s: float | None,
+          max_moves: int | None, no_fsync: bool | None,
           log_level: str) -> None:
     """Run a ringlock node."""
     try:
         settings: dict[str, Any] = load_toml(config_file) if config_file else {}
         flags = {"node_id": node_id, "listen": listen, "data_dir": data_dir, "shards": shards,
                  "cluster": cluster_name, "tick_ms": tick_ms, "election_ticks": election_ticks,
-                 "compact_every": compact_every,
+                 "compact_every": compact_every, "join": join, "replicas": replicas,
+                 "dead_after_s": dead_after_s, "max_moves": max_moves,
                  "peers": parse_peers(peers) if peers else None,
                  "fsync": False if no_fsync else None}
         settings.update({k: v for k, v in flags.items() if v is not None})

@@ -28,6 +28,7 @@ from ringlock.errors import (
     Unavailable,
     WrongShard,
 )
+from ringlock.sharding.clustermap import ClusterMap, MapError
 from ringlock.sharding.keys import shard_of
 from ringlock.statemachine.kv import KeyValue
 from ringlock.transport.rpc import RpcConnection
@@ -75,10 +76,33 @@ class Lease:
 
 @dataclass
 class ShardMap:
+    """What the client routes by: the cluster map, plus the leaders it has learned."""
+
+    version: int = 0
     shards: int = 0
     nodes: dict[int, str] = field(default_factory=dict)
-    replicas: list[int] = field(default_factory=list)
+    """Every member not removed: id -> address."""
+    states: dict[int, str] = field(default_factory=dict)
+    replicas: dict[int, list[int]] = field(default_factory=dict)
+    """shard -> its voters (the replicas that may lead, and serve stale reads)."""
+    learners: dict[int, list[int]] = field(default_factory=dict)
     leaders: dict[int, str] = field(default_factory=dict)
+    """shard -> the address of its leader, as last learned."""
+
+    @staticmethod
+    def from_wire(raw: Any) -> ShardMap:
+        cmap = ClusterMap.parse(raw["map"])
+        nodes = cmap.peers()
+        leaders = {int(s): nodes[int(n)] for s, n in (raw.get("leaders") or {}).items()
+                   if int(n) in nodes}
+        return ShardMap(
+            version=cmap.version, shards=cmap.shards, nodes=nodes,
+            states={n: state for n, (_, state) in cmap.nodes.items()},
+            replicas={g: list(v) for g, (v, _, _) in cmap.groups.items() if g < cmap.shards},
+            learners={g: list(lr) for g, (_, lr, _) in cmap.groups.items()
+                      if g < cmap.shards and lr},
+            leaders=leaders,
+        )
 
 
 def decode_kv(raw: Any) -> KeyValue | None:
@@ -252,12 +276,13 @@ class AsyncClient:
                 if attempt % len(candidates) == 0:
                     await self._backoff(attempt // len(candidates), deadline)
                 continue
-            nodes = {int(n): a for n, a in raw["nodes"].items()}
-            self._map = ShardMap(
-                shards=int(raw["shards"]), nodes=nodes, replicas=list(raw["replicas"]),
-                leaders={int(s): nodes[int(n)] for s, n in raw["leaders"].items()
-                         if int(n) in nodes},
-            )
+            try:
+                fresh = ShardMap.from_wire(raw)
+            except (MapError, KeyError, TypeError, ValueError, AttributeError) as error:
+                last = error
+                continue
+            if fresh.version >= self._map.version:
+                self._map = fresh
             return
         raise RequestTimeout(f"no node of {candidates} answered with the shard map: {last}")
 
@@ -301,7 +326,9 @@ class AsyncClient:
             except WrongShard as error:
                 last = error
                 self.retries += 1
+                self._map.leaders.pop(shard, None)
                 await self._ensure_map(remaining, refresh=True)
+                tried_other = True
             except (Unavailable, TimeoutError, OSError) as error:
                 last = error
                 self.retries += 1
@@ -311,7 +338,8 @@ class AsyncClient:
             await self._backoff(attempt, deadline)
 
     def _pick(self, shard: int, stale_ok: bool, avoid: bool) -> str:
-        replicas = [self._map.nodes[n] for n in self._map.replicas if n in self._map.nodes]
+        replicas = [self._map.nodes[n] for n in self._map.replicas.get(shard, ())
+                    if n in self._map.nodes]
         if stale_ok and replicas:
             return self._rng.choice(replicas)
         leader = self._map.leaders.get(shard)

@@ -25,6 +25,11 @@ MAX_INFLIGHT_PER_CONNECTION = 4096
 """Requests one client connection may have unanswered; more get `TooLarge`."""
 MAX_PEER_FRAME_BYTES = 64 * 1024 * 1024
 """Peers send snapshots of whole shards; a client never gets more than MAX_FRAME_BYTES."""
+DEFAULT_DEAD_AFTER_S = 60.0
+"""A node unheard for this long is declared dead and its replicas are re-created
+elsewhere. Long enough to ride out a restart or a GC pause; tests set seconds."""
+DEFAULT_MAX_MOVES = 2
+"""Shard replicas moving at once (K in the ring issue)."""
 DEFAULT_COMPACT_EVERY = 4_096
 """A shard snapshots its state and cuts its log after this many applied entries."""
 
@@ -62,6 +67,10 @@ class NodeConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_peer_frame_bytes: int = MAX_PEER_FRAME_BYTES
     max_inflight_per_connection: int = MAX_INFLIGHT_PER_CONNECTION
+    join: str = ""
+    """host:port of any member: join that cluster instead of founding one (first start)."""
+    dead_after_s: float = DEFAULT_DEAD_AFTER_S
+    max_moves: int = DEFAULT_MAX_MOVES
 
     def validate(self) -> NodeConfig:
         if self.node_id <= 0:
@@ -81,17 +90,16 @@ class NodeConfig:
                      "max_inflight_per_connection"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 1.0 <= self.dead_after_s <= 86_400:
+            raise ConfigError(f"dead_after_s must be in 1..86400, got {self.dead_after_s}")
+        if not 1 <= self.max_moves <= 64:
+            raise ConfigError(f"max_moves must be in 1..64, got {self.max_moves}")
+        if self.join:
+            parse_address(self.join)
         if self.max_value_bytes + self.max_key_bytes + 1024 > self.max_frame_bytes:
             raise ConfigError("max_frame_bytes must hold a largest key and value with room")
         return self
 
-    @property
-    def replica_nodes(self) -> list[int]:
-        """Nodes that hold a replica of every shard (placement proper comes with the ring)."""
-        return sorted(self.peers)[: self.replicas]
-
-    def address_of(self, node: int) -> str | None:
-        return self.peers.get(node)
 
 
 _TOML_KEYS = {f.name for f in fields(NodeConfig)}
@@ -126,7 +134,8 @@ def build_config(settings: dict[str, Any]) -> NodeConfig:
         raise ConfigError(f"bad node settings: {error}") from error
     for f in fields(NodeConfig):
         value = getattr(config, f.name)
-        expected = {"int": int, "str": str, "bool": bool}.get(str(f.type))
+        expected: Any = {"int": int, "str": str, "bool": bool,
+                         "float": (int, float)}.get(str(f.type))
         if expected is not None and not isinstance(value, expected):
             raise ConfigError(f"{f.name} must be {f.type}, got {value!r}")
     return replace(config).validate()

@@ -52,6 +52,8 @@ class Connection:
                     self._refuse(BadRequest(str(error)))
                     break
                 for body in bodies:
+                    if self.closed:
+                        break
                     self._handle(body)
                 if len(self._out) > 0 and self.writer.transport.get_write_buffer_size() > 8 << 20:
                     self.flush()
@@ -95,13 +97,20 @@ class Connection:
         self.node.dispatch(body, self._replier(request_id))
 
     def _hello(self, request_id: int, body: dict[str, Any]) -> None:
+        """A peer's stream starts here. Refused, the stream is closed: what follows is
+        Raft traffic that must not be read as client requests; the peer reconnects
+        (a new member is refused until this node's map names it)."""
         node = body.get("node")
+        refusal = None
         if body.get("cluster") != self.node.config.cluster:
-            self.send_error(request_id, BadRequest(
-                f"this node belongs to cluster {self.node.config.cluster!r}"))
-            return
-        if type(node) is not int or node not in self.node.config.peers or node == self.node.id:
-            self.send_error(request_id, BadRequest(f"node {node!r} is not a peer of this node"))
+            refusal = f"this node belongs to cluster {self.node.config.cluster!r}"
+        elif type(node) is not int or not self.node.is_peer(node):
+            refusal = f"node {node!r} is not a member in this node's map"
+        if refusal is not None:
+            log.info("connection %s: hello refused: %s", self.name, refusal)
+            self.send_error(request_id, BadRequest(refusal))
+            self.flush()
+            self.closed = True
             return
         self.peer = node
         self.decoder.max_frame_bytes = self.node.config.max_peer_frame_bytes

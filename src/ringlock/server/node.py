@@ -42,13 +42,13 @@ from ringlock.errors import (
     WrongShard,
 )
 from ringlock.invariant import invariant
-from ringlock.raft.config import RaftConfig
 from ringlock.raft.messages import MessageType, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
+from ringlock.server.membership import Membership
 from ringlock.server.replica import Reply, ShardReplica
-from ringlock.sharding.placement import plan_leaders
+from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
@@ -62,13 +62,11 @@ GC_THRESHOLDS = (50_000, 20, 20)
 SHUTDOWN_TRANSFER_S = 3.0
 FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
                              "lease_revoke", "lease_keepalive"})
+META_OPS = frozenset({"join", "node_state", "report"})
+"""Requests for the meta leader: any node relays them there."""
 MAX_FORWARD_HOPS = 2
 """A node without a replica relays to a replica node, which may relay to the leader."""
 FORWARD_TIMEOUT_S = 5.0
-BALANCE_EVERY_TICKS = 20
-"""Leadership balance is checked every 2 s at the default tick."""
-MAX_BALANCE_MOVES = 4
-"""Leaderships one node hands over per check: gentle on clients, done in seconds."""
 DRIVE_FAILED_EXIT_CODE = 70
 """EX_SOFTWARE: the node hit a bug or a storage failure and stopped itself."""
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
@@ -78,7 +76,8 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config.validate()
         self.id = config.node_id
-        self.replicas: dict[int, ShardReplica] = {}
+        self.replicas: dict[int, ShardReplica[Any]] = {}
+        """Every Raft group replica here by group id: shards, and the meta group's."""
         self.links: dict[int, PeerLink] = {}
         self.connections: set[Connection] = set()
         self.answers_waiting: set[Connection] = set()
@@ -95,12 +94,17 @@ class Node:
                          "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0,
                          "leader_transfers": 0}
         self._ticks = 0
+        self.membership = Membership(self)
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
             "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
-            "map": self._op_map, "lease_grant": self._op_lease_grant,
+            "map": self.membership.op_map, "lease_grant": self._op_lease_grant,
             "lease_revoke": self._op_lease_revoke, "lease_keepalive": self._op_lease_keepalive,
+            "join": self.membership.op_join, "node_state": self.membership.op_node_state,
+            "report": self.membership.op_report,
+            "shard_change": self.membership.op_shard_change,
         }
+        self._started = False
         self.storage: NodeStorage | None = None
         self._forward_connections: dict[str, RpcConnection] = {}
         self._relays: set[asyncio.Task[None]] = set()
@@ -112,26 +116,19 @@ class Node:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.storage = NodeStorage(config.data_dir, fsync=config.fsync)
-        voters = config.replica_nodes
-        if self.id in voters:
-            for shard in range(config.shards):
-                state = self.storage.load(shard)
-                raft_config = RaftConfig(
-                    node_id=self.id, group_id=shard, election_tick=config.election_ticks,
-                    heartbeat_tick=config.heartbeat_ticks, seed=random.randrange(2**31),
-                )
-                self.replicas[shard] = ShardReplica(
-                    raft_config, voters, hard_state=state.hard_state, snapshot=state.snapshot,
-                    entries=state.entries, address_of=config.address_of,
-                )
+        if await self.membership.prepare():
+            # Founding wrote each group's first snapshot: read it back as a restart would.
+            self.storage.close()
+            self.storage = NodeStorage(config.data_dir, fsync=config.fsync)
+        if self.membership.map.shards and self.membership.map.shards != config.shards:
+            # A joining or restarted node takes the cluster's shard count, fixed at founding.
+            self.config = config = dataclasses.replace(config, shards=self.membership.map.shards)
+        for group in sorted(self.storage.groups()):
+            self.replicas[group] = self.membership.make_replica(group, self.storage.load(group))
         host, port = parse_address(config.listen)
         self._server = await asyncio.start_server(self._accept, host, port, backlog=1024)
-        for peer, address in config.peers.items():
-            if peer != self.id:
-                link = PeerLink(self.id, peer, address, config.cluster,
-                                config.max_peer_frame_bytes)
-                link.start()
-                self.links[peer] = link
+        self._started = True
+        self.on_map_changed()
         # Everything loaded so far lives as long as the node: keep the cyclic collector off
         # it, and let it run less often (the hot path allocates many short-lived objects
         # and creates no cycles).
@@ -185,6 +182,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.membership.close()
         for link in self.links.values():
             await link.close()
         for forward in self._forward_connections.values():
@@ -205,7 +203,7 @@ class Node:
                 progress = replica.raft.progress
                 others = [n for n in progress if n != self.id
                           and n in replica.raft.configuration.voters
-                          and self.links[n].connected]
+                          and n in self.links and self.links[n].connected]
                 if not others:
                     continue
                 self._hand_over(replica, max(others, key=lambda n: progress[n].match_index))
@@ -227,46 +225,64 @@ class Node:
         self._dirty.add(shard)
         self._wake.set()
 
+    mark = _mark
+
+    # ------------------------------------------------------------------ membership
+
+    def on_map_changed(self) -> None:
+        """The map moved on: talk to the members it names, host the replicas it gives."""
+        if not self._started:
+            return
+        peers = self.membership.map.peers()
+        config = self.config
+        for peer, address in sorted(peers.items()):
+            if peer != self.id and peer not in self.links:
+                link = PeerLink(self.id, peer, address, config.cluster,
+                                config.max_peer_frame_bytes)
+                link.start()
+                self.links[peer] = link
+        for peer in [p for p in self.links if p not in peers]:
+            link = self.links.pop(peer)
+            asyncio.get_running_loop().create_task(link.close())
+        self.membership.reconcile()
+
+    def is_peer(self, node: int) -> bool:
+        return node != self.id and (node in self.membership.map.peers()
+                                    or node in self.config.peers)
+
+    def add_replica(self, group: int, replica: ShardReplica[Any]) -> None:
+        invariant(group not in self.replicas, f"group {group} already has a replica here")
+        self.replicas[group] = replica
+        self._mark(group)
+
+    def drop_replica(self, group: int) -> None:
+        """This node left the group: forget the replica and everything stored for it."""
+        replica = self.replicas.pop(group)
+        replica.fail_all(WrongShard(f"node {self.id} no longer holds group {group}"))
+        self._dirty.discard(group)
+        assert self.storage is not None
+        self.storage.drop(group)
+
+    async def call_node(self, address: str, body: dict[str, Any], timeout: float) -> Any:
+        connection = self._forward_connections.get(address)
+        if connection is None or connection.broken:
+            connection = self._forward_connections[address] = RpcConnection(address)
+        return await connection.call(body, timeout)
+
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         self._ticker = loop.call_later(self.config.tick_ms / 1000, self._tick)
         self._ticks += 1
-        if self._ticks % BALANCE_EVERY_TICKS == 0:
-            self._balance_leaders()
+        self.membership.tick(self._ticks)
         now = time.monotonic()
         for shard, replica in self.replicas.items():
             replica.raft.tick()
-            if replica.raft.role == Role.LEADER:
+            if replica.raft.role == Role.LEADER and shard != META_GROUP:
                 self._expire_leases(replica, now)
             if replica.raft.has_ready():
                 self._mark(shard)
 
-    def _balance_leaders(self) -> None:
-        """Hand some of this node's leaderships to peers that lead fewer shards, so that
-        after a failover and a restart the leaders spread out again. Every node runs the
-        same plan (`plan_leaders`, which keeps leaders where it can) over what it sees,
-        and moves only its own leaderships, a few at a time, to caught-up live peers."""
-        live = {self.id} | {p for p, link in self.links.items() if link.connected}
-        current = {s: r.raft.leader for s, r in self.replicas.items() if r.raft.leader}
-        if not current or len(current) < len(self.replicas):
-            return  # an election is under way somewhere: wait for a settled view
-        placement = {s: sorted(n for n in r.raft.configuration.voters if n in live)
-                     for s, r in self.replicas.items()}
-        target = plan_leaders(placement, current)
-        moved = 0
-        for shard, replica in sorted(self.replicas.items()):
-            raft = replica.raft
-            to = target.get(shard, self.id)
-            if raft.role != Role.LEADER or to == self.id or moved >= MAX_BALANCE_MOVES:
-                continue
-            progress = raft.progress.get(to)
-            if progress is not None and progress.match_index == raft.log.last_index():
-                moved += self._hand_over(replica, to)
-        if moved:
-            self.counters["leader_transfers"] += moved
-            log.info("node %d: handing %d leaderships to less loaded peers", self.id, moved)
-
-    def _hand_over(self, replica: ShardReplica, to: int) -> bool:
+    def _hand_over(self, replica: ShardReplica[Any], to: int) -> bool:
         """Start moving `replica`'s leadership to `to`; False if the core refused."""
         try:
             replica.raft.transfer_leadership(to)
@@ -302,8 +318,8 @@ class Node:
             dirty, self._dirty = self._dirty, set()
             batch = []
             for shard in dirty:
-                replica = self.replicas[shard]
-                if not replica.raft.has_ready():
+                replica = self.replicas.get(shard)
+                if replica is None or not replica.raft.has_ready():
                     continue
                 rd = replica.raft.ready()
                 if rd.snapshot is not None:
@@ -340,6 +356,7 @@ class Node:
                 if replica.needs_another_turn():
                     self._dirty.add(replica.shard)
             self._flush_links()
+            self.membership.after_turn()
             if self._dirty:
                 self._wake.set()
             # One turn of the event loop between drive turns: the frames that arrived
@@ -381,6 +398,8 @@ class Node:
     def dispatch(self, body: dict[str, Any], reply: Reply) -> None:
         self.counters["requests"] += 1
         op = body.get("op")
+        if op in META_OPS:
+            body["shard"] = META_GROUP
         handler = self._ops.get(op) if isinstance(op, str) else None
         if handler is None:
             reply(None, BadRequest(f"unknown command {op!r}; known: {sorted(self._ops)}"))
@@ -398,7 +417,9 @@ class Node:
         which learns the leaders) gets NotLeader instead; `hops` bounds the relay."""
         op = body.get("op")
         shard = body.get("shard")
-        if (op not in FORWARDABLE_OPS or body.get("redirect") or type(shard) is not int
+        if op in META_OPS:
+            shard = META_GROUP
+        elif (op not in FORWARDABLE_OPS or body.get("redirect") or type(shard) is not int
                 or not 0 <= shard < self.config.shards):
             return False
         hops = body.get("hops", 0)
@@ -407,12 +428,16 @@ class Node:
         replica = self.replicas.get(shard)
         target: str | None
         if replica is None:
-            target = random.choice([self.config.peers[n] for n in self.config.replica_nodes])
+            holders = [a for n in self.membership.map.voters(shard)
+                       if (a := self.membership.map.address(n))]
+            if not holders:
+                return False
+            target = random.choice(holders)
         elif replica.raft.role == Role.LEADER or body.get("consistency") == "stale":
             return False
         else:
             leader = replica.raft.leader
-            target = self.config.address_of(leader) if leader and leader != self.id else None
+            target = self.membership.map.address(leader) if leader and leader != self.id else None
             if target is None:
                 return False  # no leader known: answered locally (Unavailable/NotLeader)
         forwarded = {**body, "hops": hops + 1}
@@ -423,11 +448,8 @@ class Node:
         return True
 
     async def _relay(self, target: str, body: dict[str, Any], reply: Reply) -> None:
-        connection = self._forward_connections.get(target)
-        if connection is None or connection.broken:
-            connection = self._forward_connections[target] = RpcConnection(target)
         try:
-            result = await connection.call(body, FORWARD_TIMEOUT_S)
+            result = await self.call_node(target, body, FORWARD_TIMEOUT_S)
         except RequestError as error:
             reply(None, error)
         except (TimeoutError, OSError) as error:
@@ -435,14 +457,14 @@ class Node:
         else:
             reply(result, None)
 
-    def _replica(self, shard: int) -> ShardReplica:
+    def _replica(self, shard: int) -> ShardReplica[Any]:
         replica = self.replicas.get(shard)
         if replica is None:
-            holders = ", ".join(
-                f"{n}={self.config.peers[n]}" for n in self.config.replica_nodes
-            )
-            raise WrongShard(f"node {self.id} holds no replica of shard {shard}; "
-                             f"replicas: {holders}")
+            cmap = self.membership.map
+            holders = ", ".join(f"{n}={cmap.address(n)}" for n in cmap.holders(shard))
+            raise WrongShard(f"node {self.id} holds no replica of shard {shard} (map version "
+                             f"{cmap.version}); replicas: {holders or 'unknown'}",
+                             version=cmap.version)
         return replica
 
     def _propose(self, shard: int, command: bytes, reply: Reply) -> None:
@@ -450,7 +472,7 @@ class Node:
         replica.propose(command, reply)
         self._mark(shard)
 
-    def _read(self, shard: int, body: dict[str, Any], serve: Callable[[ShardReplica], Any],
+    def _read(self, shard: int, body: dict[str, Any], serve: Callable[[ShardReplica[Any]], Any],
               reply: Reply) -> None:
         replica = self._replica(shard)
         if rq.checked_consistency(body) == "stale":
@@ -546,7 +568,7 @@ class Node:
         replica.read(refresh, reply)
         self._mark(shard)
 
-    def _expire_leases(self, replica: ShardReplica, now: float) -> None:
+    def _expire_leases(self, replica: ShardReplica[Any], now: float) -> None:
         deadlines = replica.lease_deadlines
         for lease, (ttl_ms, _) in replica.sm.leases.items():
             if lease not in deadlines:  # granted under an earlier leader: clock starts now
@@ -572,15 +594,6 @@ class Node:
             "peers": {str(p): link.connected for p, link in self.links.items()},
             "counters": dict(self.counters),
             "wal": dataclasses.asdict(storage.stats) if storage is not None else None,
-        }, None)
-
-    def _op_map(self, body: dict[str, Any], reply: Reply) -> None:
-        reply({
-            "shards": self.config.shards,
-            "nodes": {str(n): a for n, a in self.config.peers.items()},
-            "replicas": self.config.replica_nodes,
-            "leaders": {str(s): r.raft.leader for s, r in self.replicas.items()
-                        if r.raft.leader},
         }, None)
 
 

@@ -11,7 +11,7 @@ by its entry's result, by a read, or by an error when the entry or read is lost
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ringlock.errors import CommandFailed, NotLeader, ProposalDropped, RequestError, Unavailable
 from ringlock.raft.config import RaftConfig
@@ -26,13 +26,33 @@ from ringlock.raft.messages import (
 )
 from ringlock.statemachine.kv import ShardStateMachine
 
+
+class Machine(Protocol):
+    """What a replica needs of its state machine: the KV shard's, or the meta group's."""
+
+    applied_index: int
+
+    def apply(self, index: int, command: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+
+M = TypeVar("M", bound=Machine)
+
 Reply = Callable[[Any, RequestError | None], None]
 """Answer a request: (result, None) or (None, error)."""
 _Read = tuple[Callable[[], None], Reply]
 """A pending read: what serves it once applied, and how to fail it."""
 
 
-class ShardReplica:
+class ShardReplica(Generic[M]):
+    """A replica of one Raft group: a KV shard (the default machine) or the meta group.
+
+    `voters` bootstraps a brand-new group and is ignored once the log or a snapshot
+    names a configuration; a replica created to join an existing group (a learner
+    being added) passes none and stays passive until the leader's snapshot names it.
+    """
+
     def __init__(
         self,
         config: RaftConfig,
@@ -42,18 +62,19 @@ class ShardReplica:
         snapshot: Snapshot | None,
         entries: list[Any],
         address_of: Callable[[int], str | None],
+        restore: Callable[[bytes], M] = ShardStateMachine.restore,  # type: ignore[assignment]
+        empty: Callable[[], M] = ShardStateMachine,  # type: ignore[assignment]
     ) -> None:
         self.shard = config.group_id
         self.raft = Raft(
             config,
-            bootstrap=Configuration(frozenset(voters)),
+            bootstrap=Configuration(frozenset(voters)) if voters else None,
             hard_state=hard_state,
             snapshot=snapshot,
             entries=entries,
         )
-        self.sm = (
-            ShardStateMachine.restore(snapshot.data) if snapshot else ShardStateMachine()
-        )
+        self._restore = restore
+        self.sm: M = restore(snapshot.data) if snapshot else empty()
         self.raft.log.forget_snapshot_data()
         self._address_of = address_of
         self._durable_term_vote = (hard_state.term, hard_state.vote) if hard_state else (0, 0)
@@ -128,7 +149,7 @@ class ShardReplica:
         safe, as etcd's server does; only `advance` must wait for the fsync.
         """
         if rd.snapshot is not None:
-            self.sm = ShardStateMachine.restore(rd.snapshot.data)
+            self.sm = self._restore(rd.snapshot.data)
             covered = rd.snapshot.meta.index
             self._fail_proposals(lambda index: index <= covered)
         for entry in rd.committed_entries:

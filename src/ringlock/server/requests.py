@@ -94,4 +94,6 @@ def error_body(request_id: int, error: RequestError) -> dict[str, Any]:
     leader = getattr(error, "leader", None)
     if leader:
         body["leader"] = leader
+    if error.version:
+        body["version"] = error.version
     return body

@@ -10,9 +10,9 @@ Few moves. A replica stays where it is unless its node is gone or holds more tha
 share; only that surplus moves, onto the nodes below their share. Adding a node to N
 therefore moves about S*R/(N+1) replicas, all onto the new node, never a reshuffle.
 
-When the greedy choice is stuck (every node with room already holds a replica of the
-shard), a short chain of moves is found by breadth-first search: node A gives a replica
-of some shard to B, which frees room on A... until a node with room is reached.
+Stable. Shares depend only on the set of nodes, and every planned move goes from a node
+above its share to one below it, so the rebalancer can plan again from any halfway
+state (it does, every second) and carry on where it was, never moving a replica back.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ class PlacementError(ValueError):
     """The request cannot be met (e.g. more replicas per shard than nodes)."""
 
 
-def _shares(total: int, nodes: Sequence[int], current: Mapping[int, int]) -> dict[int, int]:
-    """Split `total` over `nodes` as evenly as possible; the extra units go to the nodes
-    that hold the most now (fewest moves), ties by id."""
+def _shares(total: int, nodes: Sequence[int]) -> dict[int, int]:
+    """Split `total` over `nodes` as evenly as possible; the extra units go to the lowest
+    ids. Fixed for a given set of nodes, so that replanning from any intermediate state
+    of a rebalance aims at the same counts and never moves a replica back."""
     base, extra = divmod(total, len(nodes))
-    ranked = sorted(nodes, key=lambda n: (-current.get(n, 0), n))
-    return {n: base + (1 if i < extra else 0) for i, n in enumerate(ranked)}
+    return {n: base + (1 if i < extra else 0) for i, n in enumerate(sorted(nodes))}
 
 
 def _counts(placement: Mapping[int, Iterable[int]]) -> dict[int, int]:
@@ -49,7 +49,13 @@ def _counts(placement: Mapping[int, Iterable[int]]) -> dict[int, int]:
 def plan_placement(current: Mapping[int, Sequence[int]], shards: int, nodes: Iterable[int],
                    replicas: int) -> Placement:
     """The new placement of `shards` shards over `nodes` (the nodes that may hold
-    replicas: up and not draining), starting from `current`."""
+    replicas: up and not draining), starting from `current`.
+
+    Greedy and monotone: a shard short of copies gets one on the least loaded node that
+    lacks it; then, while some node holds more than its share, one of its replicas goes
+    to a node below its share (one exists that lacks the shard, since it holds fewer).
+    Every move lowers the imbalance, so planning again halfway through a rebalance
+    continues it and never undoes it."""
     live = sorted(set(nodes))
     if not live:
         raise PlacementError("no node may hold replicas")
@@ -58,72 +64,35 @@ def plan_placement(current: Mapping[int, Sequence[int]], shards: int, nodes: Ite
                              f"(have {len(live)})")
     alive = set(live)
     plan: Placement = {s: sorted(set(current.get(s, ())) & alive) for s in range(shards)}
-    for holders in plan.values():  # a shard with too many copies keeps the first R
-        del holders[replicas:]
-    share = _shares(shards * replicas, live, _counts(plan))
-    _shed_surplus(plan, share)
-    _fill(plan, share, replicas, live)
+    counts = {n: 0 for n in live} | _counts(plan)
+    for holders in plan.values():  # a shard with too many copies sheds the busiest
+        while len(holders) > replicas:
+            busiest = max(holders, key=lambda n: (counts[n], n))
+            holders.remove(busiest)
+            counts[busiest] -= 1
+    for shard in sorted(plan, key=lambda s: (len(plan[s]), s)):
+        holders = plan[shard]
+        while len(holders) < replicas:
+            node = min((n for n in live if n not in holders), key=lambda n: (counts[n], n))
+            holders.append(node)
+            counts[node] += 1
+    share = _shares(shards * replicas, live)
+    for _ in range(shards * replicas + 1):
+        over = [n for n in live if counts[n] > share[n]]
+        if not over:
+            break
+        giver = max(over, key=lambda n: (counts[n] - share[n], -n))
+        taker = min((n for n in live if counts[n] < share[n]),
+                    key=lambda n: (counts[n] - share[n], n))
+        shard = min(s for s, h in plan.items() if giver in h and taker not in h)
+        plan[shard].remove(giver)
+        plan[shard].append(taker)
+        counts[giver] -= 1
+        counts[taker] += 1
     for holders in plan.values():
         holders.sort()
     _check(plan, shards, replicas, live)
     return plan
-
-
-def _shed_surplus(plan: Placement, share: Mapping[int, int]) -> None:
-    """Take replicas away from nodes above their share, from the shards that have the
-    most copies first (they stay safest), so the freed slots can go elsewhere."""
-    counts = _counts(plan)
-    for node in sorted(counts):
-        surplus = counts[node] - share[node]
-        if surplus <= 0:
-            continue
-        held = sorted((s for s, h in plan.items() if node in h),
-                      key=lambda s: (-len(plan[s]), s))
-        for shard in held[:surplus]:
-            plan[shard].remove(node)
-
-
-def _fill(plan: Placement, share: Mapping[int, int], replicas: int,
-          live: Sequence[int]) -> None:
-    counts = {n: 0 for n in live} | _counts(plan)
-    for shard in sorted(plan, key=lambda s: (len(plan[s]), s)):
-        while len(plan[shard]) < replicas:
-            room = [n for n in live if counts[n] < share[n] and n not in plan[shard]]
-            if room:
-                node = max(room, key=lambda n: (share[n] - counts[n], -n))
-                plan[shard].append(node)
-                counts[node] += 1
-                continue
-            _place_by_chain(plan, shard, share, counts, live)
-
-
-def _place_by_chain(plan: Placement, shard: int, share: Mapping[int, int],
-                    counts: dict[int, int], live: Sequence[int]) -> None:
-    """Give `shard` a replica on some node A that lacks it and is full, and make room on
-    A by moving one of A's other replicas along a chain ending at a node with room."""
-    start = [n for n in live if n not in plan[shard]]
-    parent: dict[int, tuple[int, int] | None] = {n: None for n in start}
-    queue = deque(start)
-    while queue:
-        node = queue.popleft()
-        if counts[node] < share[node] and node not in start:
-            # Walk back: each step moves `moved` from `giver` to `node`.
-            receiver = node
-            step = parent[receiver]
-            while step is not None:
-                giver, moved = step
-                plan[moved].remove(giver)
-                plan[moved].append(receiver)
-                receiver, step = giver, parent[giver]
-            plan[shard].append(receiver)
-            counts[node] += 1
-            return
-        for moved in sorted(s for s, h in plan.items() if node in h and s != shard):
-            for other in live:
-                if other not in parent and other not in plan[moved]:
-                    parent[other] = (node, moved)
-                    queue.append(other)
-    raise PlacementError(f"no way to give shard {shard} another replica")
 
 
 def _check(plan: Placement, shards: int, replicas: int, live: Sequence[int]) -> None:
@@ -142,8 +111,7 @@ def plan_leaders(placement: Mapping[int, Sequence[int]],
     mean where the placement allows it (it does for balanced placements), keeping
     current leaders where it can."""
     nodes = sorted({n for holders in placement.values() for n in holders})
-    share = _shares(len(placement), nodes, _counts({s: [n] for s, n in current.items()
-                                                    if n in placement.get(s, ())}))
+    share = _shares(len(placement), nodes)
     leaders: dict[int, int] = {}
     counts = dict.fromkeys(nodes, 0)
     for shard, holders in sorted(placement.items()):

@@ -81,9 +81,9 @@ class PeerLink:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
-            delay = RECONNECT_MIN_S
             writer.write(encode_frame({"id": 0, "op": "hello", "node": self.self_id,
                                        "cluster": self.cluster}))
+            refused = False
             self._writer = writer
             log.info("peer %d: connected to %s", self.peer_id, self.address)
             try:
@@ -91,7 +91,8 @@ class PeerLink:
                 decoder = FrameDecoder()
                 while not self._closed and (data := await reader.read(65536)):
                     for body in decoder.feed(data):
-                        log.error("peer %d refused our stream: %s", self.peer_id, body)
+                        refused = True
+                        log.warning("peer %d refused our stream: %s", self.peer_id, body)
             except (OSError, FrameError):
                 pass
             self._writer = None
@@ -99,6 +100,11 @@ class PeerLink:
             writer.close()
             if not self._closed:
                 log.info("peer %d: connection to %s lost", self.peer_id, self.address)
+            if refused:  # e.g. we are new and its map does not name us yet: not too often
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, RECONNECT_MAX_S)
+            else:
+                delay = RECONNECT_MIN_S
 
     async def close(self) -> None:
         self._closed = True

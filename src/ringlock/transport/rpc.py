@@ -14,7 +14,7 @@ from typing import Any
 
 from ringlock.address import parse_address
 from ringlock.codec.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
-from ringlock.errors import ERROR_CODES, NotLeader, RequestError, Unavailable
+from ringlock.errors import ERROR_CODES, NotLeader, RequestError, Unavailable, WrongShard
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -136,7 +136,11 @@ def _expire(future: asyncio.Future[Any], timeout: float) -> None:
 def error_from(body: dict[str, Any]) -> RequestError:
     cls = ERROR_CODES.get(str(body.get("err")), RequestError)
     message = str(body.get("msg", body.get("err")))
+    version = body.get("version")
+    version = version if type(version) is int else 0
     if cls is NotLeader:
         leader = body.get("leader")
-        return NotLeader(message, leader if isinstance(leader, str) else None)
+        return NotLeader(message, leader if isinstance(leader, str) else None, version=version)
+    if cls is WrongShard:
+        return WrongShard(message, version=version)
     return cls(message)
