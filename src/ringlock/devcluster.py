@@ -21,6 +21,7 @@ from typing import Any
 
 from ringlock.errors import ConfigError, RequestError
 from ringlock.raft.messages import Role
+from ringlock.sharding.meta import META_GROUP
 
 DEFAULT_DATA_DIR = ".ringlock"
 DEFAULT_BASE_PORT = 7101
@@ -90,6 +91,8 @@ class DevCluster:
         self.shards: int = shape["shards"]
         self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}")
                       for i, a in shape["nodes"].items()}
+        self._joined: dict[int, str] = {int(i): a for i, a in shape.get("joined", {}).items()}
+        """Nodes added after founding, and the member they joined through."""
         self._client: Any = None
 
     @property
@@ -114,16 +117,41 @@ class DevCluster:
         if node.running:
             return
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        peers = ",".join(f"{i}={n.address}" for i, n in sorted(self.nodes.items()))
+        founders = {i: n for i, n in self.nodes.items() if i not in self._joined}
+        peers = ",".join(f"{i}={n.address}" for i, n in sorted(founders.items()))
         command = [sys.executable, "-m", "ringlock", "serve", "--id", str(node_id),
-                   "--listen", node.address, "--peers", peers, "--data", str(node.data_dir),
+                   "--listen", node.address, "--data", str(node.data_dir),
                    "--shards", str(self.shards), "--cluster", self.name, *self.extra_args]
+        if node_id in self._joined:
+            command += ["--join", self._joined[node_id]]
+        else:
+            command += ["--peers", peers]
         if not self.fsync:
             command.append("--no-fsync")
         with open(node.data_dir / "node.log", "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, start_new_session=True)
         (node.data_dir / "pid").write_text(str(node.process.pid))
+
+    def add_node(self, node_id: int, *, via: int | None = None) -> None:
+        """Start a new node that joins the running cluster through `via` (any member)."""
+        if node_id in self.nodes:
+            raise ConfigError(f"node {node_id} is already in this dev cluster")
+        host, _, _ = self.addresses[0].rpartition(":")
+        used = {int(n.address.rpartition(":")[2]) for n in self.nodes.values()}
+        port = max(used) + 1
+        member = self.nodes[via if via is not None else min(self.nodes)]
+        node = NodeProcess(node_id, f"{host}:{port}", self.data_dir / f"node-{node_id}")
+        self.nodes[node_id] = node
+        shape_file = self.data_dir / "cluster.json"
+        shape = json.loads(shape_file.read_text())
+        shape["nodes"][str(node_id)] = node.address
+        shape.setdefault("joined", {})[str(node_id)] = member.address
+        tmp = shape_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(shape, indent=2))
+        os.replace(tmp, shape_file)
+        self._joined[node_id] = member.address
+        self.start_node(node_id)
 
     def signal_node(self, node_id: int, signum: int) -> None:
         node = self.nodes[node_id]
@@ -171,6 +199,13 @@ class DevCluster:
 
     def leaders(self) -> dict[int, int]:
         """shard -> node id, as the running nodes report their own leadership."""
+        return {s: n for s, n in self.group_leaders().items() if s < self.shards}
+
+    def meta_leader(self) -> int | None:
+        return self.group_leaders().get(META_GROUP)
+
+    def group_leaders(self) -> dict[int, int]:
+        """Every Raft group's leader (the shards', and the meta group's at META_GROUP)."""
         if self._client is None:
             self._client = self.client(timeout=2.0)
         leaders: dict[int, int] = {}
@@ -191,11 +226,11 @@ class DevCluster:
                     raise RuntimeError(f"node {node_id} exited with {code}; "
                                        f"see {node.data_dir / 'node.log'}")
             try:
-                leaders = self.leaders()
+                leaders = self.group_leaders()
             except (RequestError, OSError):
                 leaders = {}
-            if len(leaders) == self.shards:
-                return leaders
+            if len(leaders) == self.shards + 1:  # every shard, and the meta group
+                return {s: n for s, n in leaders.items() if s < self.shards}
             time.sleep(POLL_INTERVAL_S)
         missing = sorted(set(range(self.shards)) - set(leaders))
         raise TimeoutError(f"after {timeout} s, shards without a leader: {missing[:10]}...")

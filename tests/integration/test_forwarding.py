@@ -1,5 +1,5 @@
 """Any node takes any request: a client that knows one address, and does not follow
-redirects, still works, even through a node that holds no replica at all."""
+redirects, still works, even through a node that holds no replica of the shard."""
 
 from __future__ import annotations
 
@@ -47,15 +47,23 @@ def test_the_ringlock_client_is_redirected_not_relayed(cluster: DevCluster) -> N
     assert forwarded == 0
 
 
-def test_a_node_without_replicas_relays_to_the_replicas(tmp_path: Path) -> None:
-    cluster = make_cluster(tmp_path / "cluster", nodes=4)
+def test_a_node_relays_requests_for_shards_it_holds_no_replica_of(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path / "cluster", nodes=4)  # 8 shards x 3 over 4 nodes
     try:
         cluster.start()
-        raw = Raw(cluster.nodes[4].address)  # the first three nodes hold every shard
-        for n in range(20):
-            key = f"via-4-{n}".encode()
-            assert "err" not in put(raw, key, b"x", n + 1)
+        with cluster.client() as client:
+            replicas = client.shard_map().replicas
+        elsewhere = [s for s in range(TEST_SHARDS) if 4 not in replicas[s]]
+        assert elsewhere, replicas
+        keys = [k for k in (f"via-4-{n}".encode() for n in range(400))
+                if shard_of(k, TEST_SHARDS) in elsewhere][:20]
+        raw = Raw(cluster.nodes[4].address)
+        for n, key in enumerate(keys):
+            assert "err" not in (answer := put(raw, key, b"x", n + 1)), answer
             assert get(raw, key, 100 + n)["ok"][1] == b"x"  # type: ignore[index]
         raw.close()
+        with cluster.client() as client:
+            forwarded = {r["node"]: r["counters"]["forwarded"] for r in client.status()}
+        assert forwarded[4] >= len(keys)
     finally:
         cluster.stop()

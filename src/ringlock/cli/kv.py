@@ -98,67 +98,137 @@ def scan(prefix: str, limit: int, cluster: str | None, timeout: float) -> None:
 @cluster_option
 @timeout_option
 def status(as_json: bool, verbose: bool, cluster: str | None, timeout: float) -> None:
-    """Nodes and shards: who is up, who leads what."""
+    """Nodes and shards: who is up, who holds and leads what, what is short of copies."""
     with _client(cluster, timeout) as client:
         try:
-            reports = client.status(timeout=min(timeout, 2.0))
             shard_map = client.shard_map()
+            reports = client.status(timeout=min(timeout, 2.0))
         except RequestError as error:
             _fail(error)
-    report = cluster_report(reports, shard_map.shards, shard_map.replicas)
+    report = cluster_report(reports, shard_map)
     if as_json:
         click.echo(json.dumps(report))
         return
     _print_report(report, verbose)
 
 
-def cluster_report(reports: list[dict[str, Any]], shards: int,
-                   replicas: list[int]) -> dict[str, Any]:
-    """Every node's own view merged into one: a shard's leader is the replica that says
-    it leads in the highest term; a replica that does not answer does not count."""
+def cluster_report(reports: list[dict[str, Any]], shard_map: Any) -> dict[str, Any]:
+    """Every node's own view merged with the map: a shard's leader is the replica that
+    says it leads in the highest term; a node that does not answer counts as down."""
     leaders: dict[int, int] = {}
     terms: dict[int, int] = {}
     applied: dict[int, dict[int, int]] = {}
-    hosted: dict[int, int] = {}
+    heard: dict[str, float] = {}
     for report in reports:
         node = int(report.get("node") or 0)
+        heard.update(report.get("heard_s_ago") or {})
         for shard, role, _leader, term, _commit, applied_index in report.get("shards", []):
+            if shard >= shard_map.shards:
+                continue  # the meta group
             applied.setdefault(shard, {})[node] = applied_index
-            hosted[node] = hosted.get(node, 0) + 1
             if role == Role.LEADER and term >= terms.get(shard, -1):
                 leaders[shard], terms[shard] = node, term
-    up = {r.get("node") for r in reports if "error" not in r}
-    nodes = [{"id": r.get("node"), "address": r.get("address"),
-              "state": "down" if "error" in r else "up",
-              "replicas": hosted.get(int(r.get("node") or 0), 0),
-              "leaders": sum(1 for n in leaders.values() if n == r.get("node")),
-              "uptime_s": r.get("uptime_s"),
-              **({"error": r["error"]} if "error" in r else {})} for r in reports]
-    shard_rows: list[dict[str, Any]] = [{"id": s, "replicas": replicas, "leader": leaders.get(s),
-                   "term": terms.get(s), "applied": applied.get(s, {}),
-                   "live_replicas": sum(1 for n in replicas if n in up)}
-                  for s in range(shards)]
-    return {"nodes": nodes, "shards": shard_rows,
-            "under_replicated": [r["id"] for r in shard_rows
-                                 if r["live_replicas"] < len(replicas)],
+    reachable = {int(r.get("node") or 0) for r in reports if "error" not in r}
+    hosted: dict[int, int] = {}
+    for holders in shard_map.replicas.values():
+        for n in holders:
+            hosted[n] = hosted.get(n, 0) + 1
+    by_id = {int(r.get("node") or 0): r for r in reports}
+    nodes = []
+    for node_id, address in sorted(shard_map.nodes.items()):
+        own = by_id.get(node_id, {})
+        nodes.append({
+            "id": node_id, "address": address,
+            "state": shard_map.states.get(node_id, "unknown"),
+            "reachable": node_id in reachable,
+            "replicas": hosted.get(node_id, 0),
+            "leaders": sum(1 for n in leaders.values() if n == node_id),
+            "last_heartbeat_s": heard.get(str(node_id)),
+            "uptime_s": own.get("uptime_s"),
+            **({"error": own["error"]} if "error" in own else {})})
+    wanted = shard_map.replica_count
+    live = {n for n in reachable if shard_map.states.get(n) == "up"}
+    shard_rows: list[dict[str, Any]] = []
+    for s in range(shard_map.shards):
+        voters = shard_map.replicas.get(s, [])
+        shard_rows.append({
+            "id": s, "replicas": voters, "learners": shard_map.learners.get(s, []),
+            "leader": leaders.get(s), "term": terms.get(s), "applied": applied.get(s, {}),
+            "conf_index": shard_map.conf_index.get(s, 0),
+            "live_replicas": sum(1 for n in voters if n in live)})
+    return {"version": shard_map.version, "replicas_per_shard": wanted,
+            "nodes": nodes, "shards": shard_rows,
+            "under_replicated": [r["id"] for r in shard_rows if r["live_replicas"] < wanted],
             "leaderless": [r["id"] for r in shard_rows if r["leader"] is None]}
 
 
 def _print_report(report: dict[str, Any], verbose: bool) -> None:
-    click.echo(f"{'node':<6}{'address':<22}{'state':<7}{'replicas':>9}{'leads':>7}"
-               f"{'uptime':>10}")
+    click.echo(f"map version {report['version']}, {report['replicas_per_shard']} replicas "
+               "per shard\n")
+    click.echo(f"{'node':<6}{'address':<22}{'state':<10}{'replicas':>9}{'leads':>7}"
+               f"{'heartbeat':>11}{'uptime':>9}")
     for node in report["nodes"]:
         uptime = f"{node['uptime_s']:.0f} s" if node.get("uptime_s") is not None else "-"
-        click.echo(f"{node['id']!s:<6}{node['address']!s:<22}{node['state']:<7}"
-                   f"{node['replicas']:>9}{node['leaders']:>7}{uptime:>10}"
-                   + (f"  {node['error']}" if "error" in node else ""))
+        beat = node.get("last_heartbeat_s")
+        heartbeat = f"{beat:.1f} s ago" if beat is not None else "-"
+        state = node["state"] + ("" if node["reachable"] else "!")
+        click.echo(f"{node['id']!s:<6}{node['address']!s:<22}{state:<10}"
+                   f"{node['replicas']:>9}{node['leaders']:>7}{heartbeat:>11}{uptime:>9}"
+                   + (f"  unreachable: {node['error']}" if "error" in node else ""))
     shards = report["shards"]
     if verbose:
-        click.echo(f"\n{'shard':<7}{'replicas':<12}{'leader':>7}{'term':>6}  applied by replica")
+        click.echo(f"\n{'shard':<7}{'replicas':<14}{'leader':>7}{'term':>6}{'config':>8}"
+                   "  applied by replica")
         for row in shards:
             applied = " ".join(f"{n}:{i}" for n, i in sorted(row["applied"].items()))
-            click.echo(f"{row['id']:<7}{','.join(map(str, row['replicas'])):<12}"
-                       f"{row['leader']!s:>7}{row['term']!s:>6}  {applied}")
+            holders = ",".join(map(str, row["replicas"])) + "".join(
+                f",{n}L" for n in row["learners"])
+            flag = "  BELOW R" if row["id"] in report["under_replicated"] else ""
+            click.echo(f"{row['id']:<7}{holders:<14}{row['leader']!s:>7}{row['term']!s:>6}"
+                       f"{row['conf_index']:>8}  {applied}{flag}")
+    below = report["under_replicated"]
     click.echo(f"\n{len(shards)} shards: {len(shards) - len(report['leaderless'])} with a "
-               f"leader, {len(report['under_replicated'])} below their replica count"
+               f"leader, {len(below)} below {report['replicas_per_shard']} live copies"
+               + (f" {below[:16]}" if below else "")
                + (f"; without a leader: {report['leaderless']}" if report["leaderless"] else ""))
+
+
+@click.group()
+def node() -> None:
+    """Drain, restore or remove a node (membership)."""
+
+
+def _set_state(node_id: int, state: str, cluster: str | None, timeout: float) -> None:
+    with _client(cluster, timeout) as client:
+        try:
+            client.set_node_state(node_id, state)
+        except RequestError as error:
+            _fail(error)
+    click.echo(f"node {node_id}: {state}")
+
+
+@node.command()
+@click.argument("node_id", type=click.IntRange(1, 2**31))
+@cluster_option
+@timeout_option
+def drain(node_id: int, cluster: str | None, timeout: float) -> None:
+    """Move NODE_ID's replicas and leaderships to other nodes (watch `ringlock status`)."""
+    _set_state(node_id, "draining", cluster, timeout)
+
+
+@node.command()
+@click.argument("node_id", type=click.IntRange(1, 2**31))
+@cluster_option
+@timeout_option
+def undrain(node_id: int, cluster: str | None, timeout: float) -> None:
+    """Cancel a drain: NODE_ID may hold replicas again."""
+    _set_state(node_id, "up", cluster, timeout)
+
+
+@node.command()
+@click.argument("node_id", type=click.IntRange(1, 2**31))
+@cluster_option
+@timeout_option
+def remove(node_id: int, cluster: str | None, timeout: float) -> None:
+    """Take a drained (or dead) NODE_ID out of the cluster; it then stops itself."""
+    _set_state(node_id, "removed", cluster, timeout)

@@ -88,6 +88,12 @@ class ShardMap:
     learners: dict[int, list[int]] = field(default_factory=dict)
     leaders: dict[int, str] = field(default_factory=dict)
     """shard -> the address of its leader, as last learned."""
+    replica_count: int = 0
+    """R: the replicas each shard should have."""
+    conf_index: dict[int, int] = field(default_factory=dict)
+    """shard -> the index of its configuration in the map."""
+    moving: list[int] = field(default_factory=list)
+    """Shards the rebalancer is moving now."""
 
     @staticmethod
     def from_wire(raw: Any) -> ShardMap:
@@ -101,7 +107,9 @@ class ShardMap:
             replicas={g: list(v) for g, (v, _, _) in cmap.groups.items() if g < cmap.shards},
             learners={g: list(lr) for g, (_, lr, _) in cmap.groups.items()
                       if g < cmap.shards and lr},
-            leaders=leaders,
+            leaders=leaders, replica_count=cmap.replicas,
+            conf_index={g: ci for g, (_, _, ci) in cmap.groups.items() if g < cmap.shards},
+            moving=sorted(cmap.targets),
         )
 
 
@@ -223,8 +231,9 @@ class AsyncClient:
     # ---------------------------------------------------------------------- cluster
 
     async def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Every node's own report; a node that does not answer gets {"error": ...}."""
-        await self._ensure_map(timeout)
+        """Every node's own report; a node that does not answer gets {"error": ...}.
+        The map is fetched afresh first: members come and go."""
+        await self._ensure_map(timeout, refresh=True)
         budget = ATTEMPT_TIMEOUT_S if timeout is None else timeout
 
         async def one(node: int, address: str) -> dict[str, Any]:
@@ -237,6 +246,30 @@ class AsyncClient:
 
         nodes = sorted(self._map.nodes.items())
         return list(await asyncio.gather(*(one(n, a) for n, a in nodes)))
+
+    async def set_node_state(self, node: int, state: str, *,
+                             timeout: float | None = None) -> dict[str, Any]:
+        """Drain a node (`draining`: its replicas and leaderships move away), cancel a
+        drain (`up`), or take a drained node out (`removed`). Returns the new map."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        await self._ensure_map(timeout)
+        body = {"op": "node_state", "node": node, "state": state}
+        attempt = 0
+        while True:
+            attempt += 1
+            address = self._rng.choice(list(self._map.nodes.values()) or self.seeds)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RequestTimeout(f"node {node} -> {state}: no answer within the deadline")
+            try:
+                result: dict[str, Any] = await self._connection(address).call(
+                    body, min(ATTEMPT_TIMEOUT_S, remaining))
+            except (Unavailable, NotLeader, TimeoutError, OSError):
+                await self._backoff(attempt, deadline)
+                continue
+            await self._ensure_map(timeout, refresh=True)
+            return result
 
     async def shard_map(self, *, timeout: float | None = None) -> ShardMap:
         await self._ensure_map(timeout, refresh=True)

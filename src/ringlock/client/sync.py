@@ -89,6 +89,9 @@ class Client:
     def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         return self._run_sync(self._aio.status(timeout=timeout))
 
+    def set_node_state(self, node: int, state: str) -> dict[str, Any]:
+        return self._run_sync(self._aio.set_node_state(node, state))
+
     def shard_map(self) -> ShardMap:
         return self._run_sync(self._aio.shard_map())
 

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,11 @@ class Membership:
         self._pending_meta: set[bytes] = set()
         self._pending_changes: set[int] = set()
         self._move_started: dict[int, float] = {}
+        self.last_plan: list[str] = []
+        """What the rebalancer decided last (status shows it: why a cluster is not
+        settling is the first question an operator asks)."""
+        self.last_plan_views = 0
+        self.leader_plan: dict[str, Any] = {}
         self.moves_done: list[tuple[int, float]] = []
         """(shard, seconds) of the latest moves this node saw finish as meta leader."""
         self._calls: set[asyncio.Task[Any]] = set()
@@ -317,7 +323,8 @@ class Membership:
             if group == META_GROUP or raft.role != Role.LEADER:
                 continue
             log_ = raft.log
-            floor = log_.commit_index - CATCH_UP_SLACK
+            # A learner that acknowledged nothing yet (match 0) has not even the snapshot.
+            floor = max(1, log_.commit_index - CATCH_UP_SLACK)
             caught_up = sorted(n for n, pr in raft.progress.items() if pr.match_index >= floor)
             views.append([group, raft.term, sorted(raft.configuration.voters),
                           sorted(raft.configuration.learners), raft.conf_index,
@@ -367,16 +374,30 @@ class Membership:
                   and now - max(self._heard.get(n, 0.0), self._leader_since) > dead_after}
         views = {s: view for s, (at, _, view) in self._views.items()
                  if now - at < VIEW_MAX_AGE_S}
+        views[META_GROUP] = self._own_view(meta)
         self._time_moves(machine, now)
         actions = plan_actions(machine, views, heard=heard, silent=silent,
                                max_moves=self.node.config.max_moves)
         if not actions and not machine.targets:
             actions = self._leader_transfers(machine, views, heard)
+        self.last_plan = [a.why if isinstance(a, ProposeMeta) else
+                          f"shard {a.shard}: {a.change} {a.node}" for a in actions]
+        self.last_plan_views = len(views)
         for action in actions:
             if isinstance(action, ProposeMeta):
                 self._propose_meta(action)
             else:
                 self._send_change(action)
+
+    @staticmethod
+    def _own_view(meta: ShardReplica[MetaStateMachine]) -> ShardView:
+        raft = meta.raft
+        floor = max(1, raft.log.commit_index - CATCH_UP_SLACK)
+        return ShardView(META_GROUP, raft.id, tuple(sorted(raft.configuration.voters)),
+                         tuple(sorted(raft.configuration.learners)), raft.conf_index,
+                         raft.conf_index <= raft.log.commit_index,
+                         frozenset(n for n, pr in raft.progress.items()
+                                   if pr.match_index >= floor))
 
     def _time_moves(self, machine: MetaStateMachine, now: float) -> None:
         """Log how long each move took, from its target being set to its being done."""
@@ -391,6 +412,7 @@ class Membership:
     def _leader_transfers(self, machine: MetaStateMachine, views: dict[int, ShardView],
                           heard: set[int]) -> list[ProposeMeta | ShardChange]:
         """Even out shard leaders once no replica is moving."""
+        views = {s: v for s, v in views.items() if s != META_GROUP}
         if len(views) < machine.shards:
             return []  # some shard's leader is unknown: wait for a settled view
         placement = {s: [n for n in v.voters if n in heard and
@@ -399,10 +421,17 @@ class Membership:
         current = {s: v.leader for s, v in views.items()}
         target = plan_leaders(placement, current)
         changes: list[ProposeMeta | ShardChange] = []
+        self.leader_plan = {"current": dict(sorted(Counter(current.values()).items())),
+                            "target": dict(sorted(Counter(target.values()).items())),
+                            "waiting": []}
         for shard, to in sorted(target.items()):
             view = views[shard]
-            if to != view.leader and to in view.caught_up:
-                changes.append(ShardChange(shard, view.leader, "transfer", to, view.conf_index))
+            if to == view.leader:
+                continue
+            if to not in view.caught_up:
+                self.leader_plan["waiting"].append(shard)
+                continue
+            changes.append(ShardChange(shard, view.leader, "transfer", to, view.conf_index))
             if len(changes) >= MAX_LEADER_TRANSFERS:
                 break
         return changes
@@ -446,6 +475,17 @@ class Membership:
                 self._pending_changes.discard(change.shard)
 
         self._spawn(send())
+
+    def status(self) -> dict[str, Any]:
+        """What only the meta leader knows: when it last heard each node, recent moves."""
+        if not self._leader_term:
+            return {}
+        now = time.monotonic()
+        return {"meta_leader": True,
+                "heard_s_ago": {str(n): round(now - at, 1) for n, at in self._heard.items()},
+                "moves": self.moves_done[-32:],
+                "last_plan": self.last_plan[:32], "fresh_views": self.last_plan_views,
+                "leader_plan": self.leader_plan}
 
     # ------------------------------------------------------------------ requests
 

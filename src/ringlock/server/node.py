@@ -36,6 +36,7 @@ from ringlock.errors import (
     BadRequest,
     ConfigError,
     NotFound,
+    NotLeader,
     ProposalDropped,
     RequestError,
     Unavailable,
@@ -48,7 +49,7 @@ from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
 from ringlock.server.membership import Membership
 from ringlock.server.replica import Reply, ShardReplica
-from ringlock.sharding.meta import META_GROUP
+from ringlock.sharding.meta import META_GROUP, REMOVED
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
@@ -60,6 +61,7 @@ log = logging.getLogger("ringlock.server")
 GC_THRESHOLDS = (50_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
+"""How long a stopping node waits for its shards' leadership to move elsewhere."""
 FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
                              "lease_revoke", "lease_keepalive"})
 META_OPS = frozenset({"join", "node_state", "report"})
@@ -67,9 +69,11 @@ META_OPS = frozenset({"join", "node_state", "report"})
 MAX_FORWARD_HOPS = 2
 """A node without a replica relays to a replica node, which may relay to the leader."""
 FORWARD_TIMEOUT_S = 5.0
+MAX_RELAY_ATTEMPTS = 5
+RELAY_BACKOFF_S = 0.05
+"""A relay waits 50, 100, 200... ms for an election to name a leader it can follow."""
 DRIVE_FAILED_EXIT_CODE = 70
 """EX_SOFTWARE: the node hit a bug or a storage failure and stopped itself."""
-"""How long a stopping node waits for its shards' leadership to move elsewhere."""
 
 
 class Node:
@@ -245,6 +249,9 @@ class Node:
             link = self.links.pop(peer)
             asyncio.get_running_loop().create_task(link.close())
         self.membership.reconcile()
+        if self.membership.map.state(self.id) == REMOVED and not self._stopping:
+            log.warning("node %d was removed from the cluster: stopping", self.id)
+            asyncio.get_running_loop().create_task(self.stop(transfer=False))
 
     def is_peer(self, node: int) -> bool:
         return node != self.id and (node in self.membership.map.peers()
@@ -448,14 +455,32 @@ class Node:
         return True
 
     async def _relay(self, target: str, body: dict[str, Any], reply: Reply) -> None:
-        try:
-            result = await self.call_node(target, body, FORWARD_TIMEOUT_S)
-        except RequestError as error:
-            reply(None, error)
-        except (TimeoutError, OSError) as error:
-            reply(None, Unavailable(f"node {self.id} could not reach {target}: {error!r}"))
-        else:
-            reply(result, None)
+        """Relay, and follow the leader while it moves (a leadership transfer, a replica
+        move): a NotLeader answer means the request was not applied, so it is safe to
+        send again, even for a client without a session. Anything else goes back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FORWARD_TIMEOUT_S
+        for attempt in range(MAX_RELAY_ATTEMPTS):
+            try:
+                result = await self.call_node(target, body,
+                                              max(0.01, deadline - loop.time()))
+            except NotLeader as error:
+                if attempt + 1 == MAX_RELAY_ATTEMPTS or loop.time() >= deadline:
+                    reply(None, error)
+                    return
+                if error.leader and error.leader != target:
+                    target = error.leader
+                else:
+                    await asyncio.sleep(RELAY_BACKOFF_S * 2 ** attempt)
+            except RequestError as error:
+                reply(None, error)
+                return
+            except (TimeoutError, OSError) as error:
+                reply(None, Unavailable(f"node {self.id} could not reach {target}: {error!r}"))
+                return
+            else:
+                reply(result, None)
+                return
 
     def _replica(self, shard: int) -> ShardReplica[Any]:
         replica = self.replicas.get(shard)
@@ -594,6 +619,8 @@ class Node:
             "peers": {str(p): link.connected for p, link in self.links.items()},
             "counters": dict(self.counters),
             "wal": dataclasses.asdict(storage.stats) if storage is not None else None,
+            "map_version": self.membership.map.version,
+            **self.membership.status(),
         }, None)
 
 

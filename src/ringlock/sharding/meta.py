@@ -111,8 +111,9 @@ class MetaStateMachine:
         placement = plan_placement({}, shards, sorted(peers), replicas)
         for shard, holders in placement.items():
             machine.configs[shard] = GroupConfig(tuple(sorted(holders)), (), 1)
-        machine.configs[META_GROUP] = GroupConfig(
-            tuple(sorted(peers)[:MAX_META_REPLICAS]), (), 1)
+        seats = min(MAX_META_REPLICAS, len(peers))
+        seats -= 1 if seats > 1 and seats % 2 == 0 else 0  # a 4th voter adds no tolerance
+        machine.configs[META_GROUP] = GroupConfig(tuple(sorted(peers)[:seats]), (), 1)
         machine.applied_index = 1
         machine.version = 1
         return machine

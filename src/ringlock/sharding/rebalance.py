@@ -23,6 +23,8 @@ from ringlock.sharding.meta import (
     DEAD,
     DRAINING,
     JOINING,
+    MAX_META_REPLICAS,
+    META_GROUP,
     UP,
     MetaStateMachine,
     encode_command,
@@ -88,7 +90,35 @@ def plan_actions(meta: MetaStateMachine, views: Mapping[int, ShardView], *,
     _record_configs(meta, views, plan)
     _continue_moves(meta, views, plan)
     _start_moves(meta, plan, max_moves)
+    _meta_step(meta, views, plan)
     return plan.actions
+
+
+def meta_voters_wanted(meta: MetaStateMachine, current: tuple[int, ...]) -> tuple[int, ...]:
+    """The meta group's voters: an odd number (a fourth voter adds no fault tolerance),
+    up to MAX_META_REPLICAS, on up nodes; current voters that are up keep their seat."""
+    up = meta.placeable()
+    size = min(MAX_META_REPLICAS, len(up))
+    if size > 1 and size % 2 == 0:
+        size -= 1
+    keep = [n for n in sorted(current) if n in up][:size]
+    extra = [n for n in up if n not in keep][: size - len(keep)]
+    return tuple(sorted(keep + extra))
+
+
+def _meta_step(meta: MetaStateMachine, views: Mapping[int, ShardView], plan: Plan) -> None:
+    """The meta group follows its members too, one change at a time: a seat on a node
+    that drains, dies or is removed moves to an up node. Its leader carries the step out
+    on itself (the view of META_GROUP is the meta leader's own)."""
+    view = views.get(META_GROUP)
+    if view is None or not view.committed:
+        return
+    target = meta_voters_wanted(meta, view.voters)
+    if not target or (set(target) == set(view.voters) and not view.learners):
+        return
+    step = next_step(view, target)
+    if step is not None:
+        plan.actions.append(step)
 
 
 def _member_states(meta: MetaStateMachine, heard: Set[int], silent: Set[int],
