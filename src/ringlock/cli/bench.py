@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ringlock.benchmark import kv
+from ringlock.benchmark.rebalance import rebalance_bench
 from ringlock.devcluster import DevCluster, free_base_port
 
 
@@ -33,10 +34,14 @@ from ringlock.devcluster import DevCluster, free_base_port
 @click.option("--failovers", type=click.IntRange(0, 1000), default=0,
               help="Also kill -9 a shard's leader this many times and time the first "
                    "successful write to that shard after each kill (needs no --cluster).")
+@click.option("--rebalance-keys", type=click.IntRange(0, 100_000_000), default=0,
+              help="Also load this many 100-byte values, add a node, and time the "
+                   "rebalance, its bytes, and client p99 during it against at rest "
+                   "(needs no --cluster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON too.")
 def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, keys: int,
           processes: int, shards: int, no_fsync: bool, idle_seconds: float, memory_keys: int,
-          failovers: int, as_json: bool) -> None:
+          failovers: int, rebalance_keys: int, as_json: bool) -> None:
     """Measure throughput and latency. A benchmark, not a test."""
     names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
     unknown = [w for w in names if w not in kv.WORKLOADS]
@@ -45,7 +50,7 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
     with tempfile.TemporaryDirectory(prefix="ringlock-bench-") as tmp:
         dev = None
         if cluster is None:
-            dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=free_base_port(3),
+            dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=free_base_port(4),
                              shards=shards, fsync=not no_fsync, name="bench")
             click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
                        f"{'off' if no_fsync else 'on'}) in {dev.data_dir} ...")
@@ -58,6 +63,8 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
                           idle_seconds, memory_keys)
             if failovers and dev is not None:
                 report["failover"] = _failovers(dev, failovers)
+            if rebalance_keys and dev is not None:
+                report["rebalance"] = rebalance_bench(dev, rebalance_keys, log=click.echo)
         finally:
             if dev is not None:
                 dev.stop()
@@ -143,5 +150,7 @@ def _print(report: dict[str, Any]) -> None:
         click.echo(f"idle CPU per node (% of a core): {report['idle_cpu_percent']}")
     if "failover" in report:
         click.echo(f"kill -9 of a leader to the first write on its shard: {report['failover']}")
+    if "rebalance" in report:
+        click.echo(f"rebalance on a 4th node's join: {report['rebalance']}")
     if "memory" in report:
         click.echo(f"memory: {report['memory']}")

@@ -102,14 +102,16 @@ class Membership:
         self._leader_since = 0.0
         self._pending_meta: set[bytes] = set()
         self._pending_changes: set[int] = set()
-        self._move_started: dict[int, float] = {}
+        self._move_started: dict[int, tuple[float, int]] = {}
+        self._snapshot_bytes: dict[int, dict[int, int]] = {}
+        """shard -> node -> snapshot bytes it reported sending for the shard."""
         self.last_plan: list[str] = []
         """What the rebalancer decided last (status shows it: why a cluster is not
         settling is the first question an operator asks)."""
         self.last_plan_views = 0
         self.leader_plan: dict[str, Any] = {}
-        self.moves_done: list[tuple[int, float]] = []
-        """(shard, seconds) of the latest moves this node saw finish as meta leader."""
+        self.moves_done: list[tuple[int, float, int]] = []
+        """(shard, seconds, snapshot bytes) of the latest moves seen done as meta leader."""
         self._calls: set[asyncio.Task[Any]] = set()
         self._reporting: asyncio.Task[None] | None = None
         self._last_views: list[list[Any]] = []
@@ -328,7 +330,8 @@ class Membership:
             caught_up = sorted(n for n, pr in raft.progress.items() if pr.match_index >= floor)
             views.append([group, raft.term, sorted(raft.configuration.voters),
                           sorted(raft.configuration.learners), raft.conf_index,
-                          raft.conf_index <= log_.commit_index, caught_up])
+                          raft.conf_index <= log_.commit_index, caught_up,
+                          self.node.snapshot_bytes_sent.get(group, 0)])
         return views
 
     async def _report(self, views: list[list[Any]]) -> None:
@@ -402,12 +405,19 @@ class Membership:
     def _time_moves(self, machine: MetaStateMachine, now: float) -> None:
         """Log how long each move took, from its target being set to its being done."""
         for shard in machine.targets:
-            self._move_started.setdefault(shard, now)
+            if shard not in self._move_started:
+                self._move_started[shard] = (now, self._bytes_sent(shard))
         for shard in [s for s in self._move_started if s not in machine.targets]:
-            seconds = now - self._move_started.pop(shard)
-            self.moves_done.append((shard, round(seconds, 3)))
+            started, sent_before = self._move_started.pop(shard)
+            seconds, sent = now - started, self._bytes_sent(shard) - sent_before
+            self.moves_done.append((shard, round(seconds, 3), sent))
             del self.moves_done[:-MOVES_KEPT]
-            log.info("rebalancer: shard %d moved in %.1f s", shard, seconds)
+            log.info("rebalancer: shard %d moved in %.1f s, %d snapshot bytes", shard,
+                     seconds, sent)
+
+    def _bytes_sent(self, shard: int) -> int:
+        """Snapshot bytes every node that led `shard` says it sent for it."""
+        return sum(self._snapshot_bytes.get(shard, {}).values())
 
     def _leader_transfers(self, machine: MetaStateMachine, views: dict[int, ShardView],
                           heard: set[int]) -> list[ProposeMeta | ShardChange]:
@@ -499,9 +509,10 @@ class Membership:
         self._heard[node] = now
         for raw in views:
             try:
-                shard, term, voters, learners, conf_index, committed, caught_up = raw
+                shard, term, voters, learners, conf_index, committed, caught_up, sent = raw
                 view = ShardView(int(shard), node, tuple(voters), tuple(learners),
                                  int(conf_index), bool(committed), frozenset(caught_up))
+                self._snapshot_bytes.setdefault(view.shard, {})[node] = int(sent)
             except (TypeError, ValueError) as error:
                 raise BadRequest(f"malformed shard view {raw!r:.80}: {error}") from error
             known = self._views.get(view.shard)

@@ -98,6 +98,8 @@ class Node:
                          "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0,
                          "leader_transfers": 0}
         self._ticks = 0
+        self.snapshot_bytes_sent: dict[int, int] = {}
+        """group -> bytes of snapshots this node sent its peers (what moving it cost)."""
         self.membership = Membership(self)
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
@@ -387,6 +389,9 @@ class Node:
                 log.warning("shard %d: snapshot not sent: %s", message.group, error)
                 return
             self.counters["snapshots_sent"] += 1
+            group = message.group
+            self.snapshot_bytes_sent[group] = (self.snapshot_bytes_sent.get(group, 0)
+                                               + len(message.snapshot.data))
         link.queue(encode_message(message))
 
     def _snapshot_from_file(self, shard: int, stub: Snapshot) -> Snapshot:
