@@ -126,3 +126,16 @@ def test_the_client_that_wrote_least_recently_is_forgotten_first_even_across_a_s
     assert machine.revision == revision
     write(machine, 2, 1)  # forgotten: the retry applies again (the documented limit)
     assert machine.revision == revision + 1
+
+
+def test_a_snapshot_of_the_first_format_still_restores() -> None:
+    import msgpack
+
+    from ringlock.statemachine.kv import ShardStateMachine
+
+    legacy = msgpack.packb([7, 9, [[b"k", b"v", 3, 7, 2, 0]], [], []])
+    machine = ShardStateMachine.restore(legacy)
+    kv = machine.get(b"k")
+    assert kv is not None and (kv.value, kv.create_revision, kv.mod_revision, kv.version) == (
+        b"v", 3, 7, 2)
+    assert ShardStateMachine.restore(machine.snapshot()).snapshot() == machine.snapshot()

@@ -100,7 +100,7 @@ def rebalance_bench(dev: DevCluster, keys: int, *, rest_seconds: float = 10.0,
             break
     settled_at = time.monotonic()
     probe.stop()
-    moves = [m for m in _meta_status(dev).get("moves", [])]
+    moves = _meta_status(dev).get("moves", [])  # this cluster's moves: all of the join
     moved = sum(len(set(after.replicas[s]) - set(before.replicas[s]))
                 for s in range(after.shards))
     rest = [ms for at, ms in probe.samples if joined_at - rest_seconds <= at < joined_at]
@@ -110,7 +110,7 @@ def rebalance_bench(dev: DevCluster, keys: int, *, rest_seconds: float = 10.0,
         "keys": keys, "load_seconds": round(load_seconds, 1),
         "rebalance_seconds": round(settled_at - joined_at, 1),
         "replicas_moved": moved, "replicas_total": after.shards * after.replica_count,
-        "snapshot_bytes": sum(m[2] for m in moves[-moved:]) if moved else 0,
+        "snapshot_bytes": sum(m[2] for m in moves),
         "moves_timed": len(moves),
         "move_seconds_p50": _p([m[1] for m in moves], 0.5),
         "probe_in_flight": probe_in_flight, "probe_errors": probe.errors,

@@ -350,6 +350,8 @@ class AsyncClient:
             except NotLeader as error:
                 last = error
                 self.retries += 1
+                if error.version > self._map.version:  # the shard may have moved
+                    await self._ensure_map(remaining, refresh=True)
                 if error.leader and error.leader != address:
                     self._map.leaders[shard] = error.leader
                     tried_other = False

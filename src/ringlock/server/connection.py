@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ringlock.codec.frames import FrameDecoder, FrameError, FrameTooLarge, encode_frame
-from ringlock.errors import BadRequest, RequestError, TooLarge
+from ringlock.errors import BadRequest, NotLeader, RequestError, TooLarge, WrongShard
 from ringlock.server.requests import encode_result, error_body
 
 if TYPE_CHECKING:
@@ -126,7 +126,12 @@ class Connection:
         return reply
 
     def send_error(self, request_id: int, error: RequestError) -> None:
-        self._send(error_body(request_id, error))
+        body = error_body(request_id, error)
+        if isinstance(error, (NotLeader, WrongShard)) and "version" not in body:
+            # Routing errors carry this node's map version: a client with an older map
+            # fetches it again (a shard moved; a node joined or left).
+            body["version"] = self.node.membership.map.version
+        self._send(body)
 
     def _send(self, body: dict[str, Any]) -> None:
         if self.closed:

@@ -493,7 +493,7 @@ class Membership:
         now = time.monotonic()
         return {"meta_leader": True,
                 "heard_s_ago": {str(n): round(now - at, 1) for n, at in self._heard.items()},
-                "moves": self.moves_done[-32:],
+                "moves": self.moves_done[-MOVES_KEPT:],
                 "last_plan": self.last_plan[:32], "fresh_views": self.last_plan_views,
                 "leader_plan": self.leader_plan}
 
