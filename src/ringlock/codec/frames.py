@@ -57,9 +57,12 @@ class FrameDecoder:
         """Add bytes; return the bodies of the frames they completed, in order.
 
         Frames are parsed at an advancing offset and the consumed prefix is dropped once,
-        so a read carrying many small pipelined frames costs linear time, not quadratic.
+        so a read carrying many small pipelined frames costs linear time, not quadratic;
+        and a large frame (a snapshot) arriving over many reads is appended to, not
+        copied whole at every read.
         """
-        if self._buffer:
+        buffered = bool(self._buffer)
+        if buffered:
             self._buffer += data
             view = memoryview(self._buffer)
         else:
@@ -86,9 +89,12 @@ class FrameDecoder:
                     raise FrameError(f"frame version {version} is not {FRAME_VERSION}")
                 bodies.append(_decode_body(payload))
         finally:
-            rest = bytes(view[offset:]) if offset < size else b""
-            view.release()
-            self._buffer = bytearray(rest)
+            if offset == 0 and buffered:
+                view.release()  # a large frame still arriving: keep growing, no copy
+            else:
+                rest = bytes(view[offset:]) if offset < size else b""
+                view.release()
+                self._buffer = bytearray(rest)
         return bodies
 
     @property
