@@ -215,6 +215,21 @@ class DevCluster:
                     leaders[shard] = report["node"]
         return leaders
 
+    def wait_balanced(self, timeout: float = READY_TIMEOUT_S) -> bool:
+        """Poll until every node leads within one shard of every other (the meta leader
+        evens leaders out a few seconds after a start); False at the deadline."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                leaders = self.leaders()
+            except (RequestError, OSError):
+                leaders = {}
+            counts = [sum(1 for n in leaders.values() if n == node) for node in self.nodes]
+            if len(leaders) == self.shards and max(counts) - min(counts) <= 1:
+                return True
+            time.sleep(POLL_INTERVAL_S)
+        return False
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[int, int]:
         """Poll until every shard has a leader; raise with what is missing at the deadline."""
         deadline = time.monotonic() + timeout

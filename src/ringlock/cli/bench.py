@@ -55,6 +55,8 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
             click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
                        f"{'off' if no_fsync else 'on'}) in {dev.data_dir} ...")
             dev.start()
+            if not dev.wait_balanced(timeout=60):  # measure the steady state
+                click.echo("warning: shard leaders are not evenly spread; measuring anyway")
             addresses = dev.addresses
         else:
             addresses = cluster.split(",")
@@ -116,6 +118,7 @@ def _failovers(dev: DevCluster, count: int) -> dict[str, Any]:
     with dev.client(timeout=30) as client, click.progressbar(range(count),
                                                             label="failovers") as bar:
         for round_ in bar:
+            dev.wait_balanced(timeout=30)  # the restarted node has its share back: steady
             leaders = dev.wait_ready()
             shard = round_ % dev.shards
             victim = leaders[shard]

@@ -75,6 +75,10 @@ VIEW_MAX_AGE_S = 3.0
 MEMBERSHIP_CALL_TIMEOUT_S = 5.0
 MOVES_KEPT = 256
 MAX_LEADER_TRANSFERS = 4
+LEADERS_SETTLE_S = 2.0
+"""Leaders are evened out only once they have not changed for this long: right after a
+failover or a restart, elections come first, and a transfer then would cost the clients
+that just found the new leader another retry."""
 """Leaderships the rebalancer moves per round: gentle on clients, done in seconds."""
 
 
@@ -110,6 +114,8 @@ class Membership:
         settling is the first question an operator asks)."""
         self.last_plan_views = 0
         self.leader_plan: dict[str, Any] = {}
+        self._leaders_seen: dict[int, int] = {}
+        self._leaders_since = 0.0
         self.moves_done: list[tuple[int, float, int]] = []
         """(shard, seconds, snapshot bytes) of the latest moves seen done as meta leader."""
         self._calls: set[asyncio.Task[Any]] = set()
@@ -429,6 +435,11 @@ class Membership:
                          machine.members.get(n) is not None and
                          machine.members[n].state == UP] for s, v in views.items()}
         current = {s: v.leader for s, v in views.items()}
+        now = time.monotonic()
+        if current != self._leaders_seen:
+            self._leaders_seen, self._leaders_since = current, now
+        if now - self._leaders_since < LEADERS_SETTLE_S:
+            return []
         target = plan_leaders(placement, current)
         changes: list[ProposeMeta | ShardChange] = []
         self.leader_plan = {"current": dict(sorted(Counter(current.values()).items())),
