@@ -20,12 +20,21 @@ from ringlock.sim import SeedResult, run_seeds
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes to run seeds in; the output does not depend on it.")
 @click.option("--verbose", "-v", is_flag=True, help="Print one line per seed.")
-def sim(count: int, start_seed: int, nodes: str, jobs: int, verbose: bool) -> None:
+@click.option("--placement", is_flag=True,
+              help="Simulate sharded clusters that add, drain and kill nodes and move "
+                   "replicas (the meta group and the rebalancer) instead of one group.")
+def sim(count: int, start_seed: int, nodes: str, jobs: int, verbose: bool,
+        placement: bool) -> None:
     """Simulate whole clusters from seeds and check every safety property.
 
     Stops at the first violation, prints it with the command that replays it, and
     exits 1. The same seed gives the same run, byte for byte.
     """
+    if placement:
+        from ringlock.sim.placement import main as placement_main
+
+        argv = ["--seeds", str(count), "--start-seed", str(start_seed)]
+        sys.exit(placement_main(argv + (["-v"] if verbose else [])))
     started = time.monotonic()
     passed = 0
     operations = 0

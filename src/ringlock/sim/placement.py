@@ -1163,7 +1163,7 @@ class PlacementResult:
     trace: list[str] = field(default_factory=list)
 
     def replay_command(self) -> str:
-        return f"python -m ringlock.sim.placement --seeds 1 --start-seed {self.seed}"
+        return f"ringlock sim --placement --seeds 1 --start-seed {self.seed}"
 
 
 def run_placement_seed(seed: int, *, faults: tuple[str, ...] | None = None,
