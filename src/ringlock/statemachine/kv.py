@@ -12,6 +12,31 @@ as a command carrying the leader's clock), never from a clock read here.
   * A write carries (client id, request seq). A seq already applied for that client
     returns the recorded result and changes nothing, so a retried write applies once.
     A client's entries are dropped when its session (a lease) ends.
+  * Locks (`ringlock.statemachine.locks`): FIFO queues of waiters, each under a lease
+    of this shard; a grant's fencing token is the shard's revision, raised by one. A
+    lease's revoke drops its holds and waits and hands the freed locks on.
+  * put, delete and cas may carry a trailing fence [lock name, token]: a token lower
+    than the highest seen for that lock is refused (`FencedOut`) and changes nothing;
+    a fence that passes (even on a cas whose compare fails) raises the highest seen.
+
+Commands, `[op, client, seq, *args]` (see `encode`), and their results:
+
+    put key value lease prev_kv [fence]      previous KeyValue or None
+    delete key prev_kv [fence]               previous KeyValue / None, or True / False
+    cas key target expected then value [fence]   True if the compare held
+    lease_grant lease ttl_ms                 lease
+    lease_revoke lease                       LeaseRevoked: an int (keys deleted) with
+                                             .grants, the locks handed on (Grant list)
+    session_end client                       None
+    lock_acquire name lease waiter           Acquired ("granted", token) or
+                                             ("queued", position), 1 = next in line
+    lock_release name waiter                 Grant to the next waiter, or None if the
+                                             lock is free; NotHolder if not held by it
+    lock_cancel name waiter                  as lock_release for the holder; None for a
+                                             queued waiter (it leaves) or a stranger
+
+Errors are returned, not raised (StateMachineError and its kinds: FencedOut,
+NotHolder, LockLimitExceeded), and a command that errs changes nothing.
 
 Must never import asyncio, time, socket, os or anything that does I/O.
 """
@@ -24,8 +49,18 @@ from typing import Any
 
 import msgpack
 
-from ringlock.errors import RinglockError
 from ringlock.invariant import invariant
+from ringlock.statemachine.locks import (
+    Acquired,
+    FencedOut,
+    Grant,
+    LockInfo,
+    LockLimitExceeded,
+    LockTable,
+    NotHolder,
+    StateMachineError,
+    parse_fence,
+)
 
 MAX_DEDUP_ENTRIES_PER_CLIENT = 1024
 """Results remembered per client: a client retries only its recent requests."""
@@ -36,8 +71,25 @@ by a clock). A forgotten client's retry of a write older than 10,000 other clien
 writes could apply twice; its session ending (`session_end`) forgets it at once."""
 
 
-class StateMachineError(RinglockError):
-    """A command is malformed or refers to something that does not exist."""
+__all__ = ["Acquired", "Compare", "FencedOut", "Grant", "KeyValue", "LeaseRevoked",
+           "LockInfo", "LockLimitExceeded", "NotHolder", "ShardStateMachine",
+           "StateMachineError", "encode"]
+
+
+class LeaseRevoked(int):
+    """The result of `lease_revoke`: the number of keys deleted (an int, as before locks,
+    and what goes on the wire), with `grants`, the locks the revoke handed to the next
+    waiters, for the server to push."""
+
+    grants: tuple[Grant, ...]
+
+    def __new__(cls, keys_deleted: int, grants: tuple[Grant, ...] = ()) -> LeaseRevoked:
+        result = super().__new__(cls, keys_deleted)
+        result.grants = grants
+        return result
+
+    def __repr__(self) -> str:
+        return f"LeaseRevoked({int(self)}, grants={self.grants!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +122,7 @@ class ShardStateMachine:
         """lease id -> (ttl in ms, keys attached)."""
         self.dedup: dict[int, dict[int, Any]] = {}
         """client id -> {request seq -> result}."""
+        self.locks = LockTable(self._next_revision)
 
     # ------------------------------------------------------------------ reading
 
@@ -79,6 +132,10 @@ class ShardStateMachine:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def locks_info(self) -> list[LockInfo]:
+        """Every held lock, by name: holder (waiter, lease, token) and queue in order."""
+        return self.locks.describe()
 
     def scan(self, prefix: bytes, limit: int, after: bytes = b"") -> list[KeyValue]:
         """Keys starting with `prefix`, greater than `after`, in order, at most `limit`."""
@@ -121,21 +178,8 @@ class ShardStateMachine:
         return result
 
     def _execute(self, op: str, args: list[Any]) -> Any:
-        if op == "put":
-            key, value, lease, prev_kv = args
-            return self._put(key, value, lease, prev_kv)
-        if op == "delete":
-            key, prev_kv = args
-            return self._delete(key, prev_kv)
-        if op == "cas":
-            key, target, expected, then, value = args
-            if not self._compare(key, Compare(target, expected)):
-                return False
-            if then == "put":
-                self._put(key, value, 0, False)
-            else:
-                self._delete(key, False)
-            return True
+        if op in _FENCED_ARITY:
+            return self._fenced(op, args)
         if op == "lease_grant":
             lease, ttl_ms = args
             if lease in self.leases:
@@ -145,11 +189,56 @@ class ShardStateMachine:
         if op == "lease_revoke":
             (lease,) = args
             return self._revoke(lease)
+        if op == "lock_acquire":
+            name, lease, waiter = args
+            if lease not in self.leases:
+                raise StateMachineError(f"lease {lease} not found (expired or revoked)")
+            return self.locks.acquire(name, lease, waiter)
+        if op == "lock_release":
+            name, waiter = args
+            return self.locks.release(name, waiter)
+        if op == "lock_cancel":
+            name, waiter = args
+            return self.locks.cancel(name, waiter)
         if op == "session_end":
             (client,) = args
             self.dedup.pop(client, None)
             return None
         raise StateMachineError(f"unknown command {op!r}")
+
+    def _fenced(self, op: str, args: list[Any]) -> Any:
+        """put, delete and cas, with their optional trailing fence checked first."""
+        arity = _FENCED_ARITY[op]
+        if len(args) not in (arity, arity + 1):
+            raise StateMachineError(f"{op!r} takes {arity} arguments and a fence, "
+                                    f"got {len(args)}")
+        fence = parse_fence(args[arity]) if len(args) > arity else None
+        if fence is not None:
+            self.locks.check_fence(*fence)
+        result = self._write(op, args[:arity])
+        if fence is not None:  # only once the write went through: errors change nothing
+            self.locks.see_fence(*fence)
+        return result
+
+    def _write(self, op: str, args: list[Any]) -> Any:
+        if op == "put":
+            key, value, lease, prev_kv = args
+            return self._put(key, value, lease, prev_kv)
+        if op == "delete":
+            key, prev_kv = args
+            return self._delete(key, prev_kv)
+        key, target, expected, then, value = args
+        if not self._compare(key, Compare(target, expected)):
+            return False
+        if then == "put":
+            self._put(key, value, 0, False)
+        else:
+            self._delete(key, False)
+        return True
+
+    def _next_revision(self) -> int:
+        self.revision += 1
+        return self.revision
 
     def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> KeyValue | None:
         if lease and lease not in self.leases:
@@ -187,14 +276,14 @@ class ShardStateMachine:
             return bool((current.mod_revision if current else 0) == compare.expected)
         raise StateMachineError(f"unknown compare target {compare.target!r}")
 
-    def _revoke(self, lease: int) -> int:
+    def _revoke(self, lease: int) -> LeaseRevoked:
         entry = self.leases.pop(lease, None)
         if entry is None:
             raise StateMachineError(f"lease {lease} not found")
         _, keys = entry
         for key in sorted(keys):
             self._delete(key, False)
-        return len(keys)
+        return LeaseRevoked(len(keys), tuple(self.locks.drop_lease(lease)))
 
     # ---------------------------------------------------------------- snapshots
 
@@ -214,6 +303,7 @@ class ShardStateMachine:
             [[lease, ttl, sorted(keys)] for lease, (ttl, keys) in sorted(self.leases.items())],
             # In least-recently-written order, which eviction relies on: not sorted.
             [[client, sorted(results.items())] for client, results in self.dedup.items()],
+            self.locks.to_record(),
         ])
 
     @staticmethod
@@ -224,20 +314,32 @@ class ShardStateMachine:
             revision, applied, keys, leases, dedup = fields
             machine.data = {k: _META.pack(create, mod, version, lease) + value
                             for k, value, create, mod, version, lease in keys}
-        else:
-            version, revision, applied, flat, leases, dedup = fields
-            invariant(version == SNAPSHOT_FORMAT, f"unknown snapshot format {version}")
+        else:  # 2: keys as (key, packed record); 3: and locks
+            version, revision, applied, flat, leases, dedup, *rest = fields
+            invariant(version in (2, SNAPSHOT_FORMAT), f"unknown snapshot format {version}")
+            invariant(len(rest) == (version == SNAPSHOT_FORMAT), f"format {version} misshapen")
             invariant(all(len(p) >= _META.size for p in flat[1::2]), "truncated key record")
             machine.data = dict(zip(flat[::2], flat[1::2], strict=True))
+            if rest:
+                machine.locks = LockTable.from_record(rest[0], machine._next_revision)
         machine.revision = revision
         machine.applied_index = applied
         machine.leases = {lease: (ttl, set(attached)) for lease, ttl, attached in leases}
         machine.dedup = {client: dict(map(tuple, results)) for client, results in dedup}
+        invariant(machine.locks.last_token <= machine.revision, "a lock token above revision")
+        invariant(all(lease in machine.leases for lease in machine.locks.by_lease),
+                  "a lock held or awaited under a lease that does not exist")
         return machine
 
 
-SNAPSHOT_FORMAT = 2
-"""Snapshot layout: 2 = keys as (key, packed record) pairs; 1 (no marker) = records."""
+SNAPSHOT_FORMAT = 3
+"""Snapshot layout: 3 = format 2 and the lock table; 2 = keys as (key, packed record)
+pairs; 1 (no marker) = records. All three restore."""
+_FENCED_ARITY = {"put": 4, "delete": 2, "cas": 5}
+"""Arguments of the writes that take a fence, the fence not counted."""
+_ERROR_KINDS: dict[str, type[StateMachineError]] = {
+    "error": StateMachineError, "fenced_out": FencedOut, "not_holder": NotHolder,
+    "lock_limit": LockLimitExceeded}
 _META = struct.Struct(">QQQQ")
 """create revision, mod revision, version, lease: stored in front of the value."""
 
@@ -253,7 +355,14 @@ def _to_record(result: Any) -> Any:
         return ["kv", result.key, result.value, result.create_revision, result.mod_revision,
                 result.version, result.lease]
     if isinstance(result, StateMachineError):
-        return ["error", str(result)]
+        kind = next((k for k, cls in _ERROR_KINDS.items() if type(result) is cls), "error")
+        return [kind, str(result)]
+    if isinstance(result, LeaseRevoked):
+        return ["revoked", int(result), [list(grant) for grant in result.grants]]
+    if isinstance(result, Grant):
+        return ["grant", *result]
+    if isinstance(result, Acquired):
+        return ["acquired", *result]
     return ["value", result]
 
 
@@ -261,8 +370,14 @@ def _from_record(record: Any) -> Any:
     kind = record[0]
     if kind == "kv":
         return KeyValue(*record[1:])
-    if kind == "error":
-        return StateMachineError(record[1])
+    if kind in _ERROR_KINDS:
+        return _ERROR_KINDS[kind](record[1])
+    if kind == "revoked":
+        return LeaseRevoked(record[1], tuple(Grant(*grant) for grant in record[2]))
+    if kind == "grant":
+        return Grant(*record[1:])
+    if kind == "acquired":
+        return Acquired(*record[1:])
     return record[1]
 
 
