@@ -168,3 +168,14 @@ def test_the_meta_group_keeps_an_odd_number_of_seats_on_up_nodes() -> None:
     assert meta_voters_wanted(m, (1, 2, 3)) == (1, 2, 3)
     apply("set_state", 2, DRAINING)
     assert meta_voters_wanted(m, (1, 2, 3)) == (1, 3, 4)
+
+
+def test_a_dead_meta_voter_leaves_without_the_group_shrinking_onto_one_live_node() -> None:
+    """Voters {1,2,3}, node 3 dead, no spare node: 3 leaves; removing live node 2 (to get
+    an odd size of 1) would need dead node 3 to commit it, and wedge the meta group."""
+    apply = Applier(m := founded())
+    apply("set_state", 3, DEAD)
+    target = meta_voters_wanted(m, (1, 2, 3))
+    assert target == (1, 2)
+    step = next_step(view(META_GROUP, 1, (1, 2, 3)), target)
+    assert step is not None and (step.change, step.node) == ("remove", 3)

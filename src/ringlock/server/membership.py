@@ -146,9 +146,10 @@ class Membership:
             raw = await self._join(config.join)
         else:
             raw = self._found()
+        self._set_map(ClusterMap.parse(raw))  # map.json first: with the identity file
+        # alone, a restart would not know where the cluster is
         atomic_write_json(identity_path, {"node": config.node_id, "cluster": config.cluster,
                                           "shards": raw["shards"]})
-        self._set_map(ClusterMap.parse(raw))
         return not config.join
 
     def _found(self) -> dict[str, Any]:
@@ -304,6 +305,10 @@ class Membership:
         if meta is not None and meta.raft.leader:
             return self.map.address(meta.raft.leader)
         voters = [a for n in self.map.meta_voters if (a := self.map.address(n))]
+        if not voters:  # no usable map: try what the flags name
+            config = self.node.config
+            voters = [a for n, a in config.peers.items() if n != config.node_id]
+            voters += [config.join] if config.join else []
         return random.choice(voters) if voters else None
 
     async def meta_call(self, body: dict[str, Any]) -> Any:
@@ -331,8 +336,10 @@ class Membership:
             if group == META_GROUP or raft.role != Role.LEADER:
                 continue
             log_ = raft.log
-            # A learner that acknowledged nothing yet (match 0) has not even the snapshot.
-            floor = max(1, log_.commit_index - CATCH_UP_SLACK)
+            # A learner that acknowledged nothing yet (match 0) has not even the snapshot,
+            # and one that has not reached the entry that added it may be an old
+            # incarnation's log: neither counts as caught up.
+            floor = max(1, log_.commit_index - CATCH_UP_SLACK, raft.conf_index)
             caught_up = sorted(n for n, pr in raft.progress.items() if pr.match_index >= floor)
             views.append([group, raft.term, sorted(raft.configuration.voters),
                           sorted(raft.configuration.learners), raft.conf_index,
@@ -353,7 +360,9 @@ class Membership:
         if isinstance(leaders, dict):
             self.leaders = {int(s): int(n) for s, n in leaders.items()}
         version = answer.get("version")
-        if type(version) is int and version > self.map.version and self.meta is None:
+        if type(version) is int and version > self.map.version:
+            # Also with a meta replica here: one that lost its seat no longer learns
+            # the meta log, and only a fetched map tells it to drop that replica.
             await self._fetch_map()
 
     async def _fetch_map(self) -> None:
@@ -401,7 +410,7 @@ class Membership:
     @staticmethod
     def _own_view(meta: ShardReplica[MetaStateMachine]) -> ShardView:
         raft = meta.raft
-        floor = max(1, raft.log.commit_index - CATCH_UP_SLACK)
+        floor = max(1, raft.log.commit_index - CATCH_UP_SLACK, raft.conf_index)
         return ShardView(META_GROUP, raft.id, tuple(sorted(raft.configuration.voters)),
                          tuple(sorted(raft.configuration.learners)), raft.conf_index,
                          raft.conf_index <= raft.log.commit_index,
@@ -434,6 +443,9 @@ class Membership:
         placement = {s: [n for n in v.voters if n in heard and
                          machine.members.get(n) is not None and
                          machine.members[n].state == UP] for s, v in views.items()}
+        placement = {s: nodes for s, nodes in placement.items() if nodes}
+        if not placement:
+            return []
         current = {s: v.leader for s, v in views.items()}
         now = time.monotonic()
         if current != self._leaders_seen:

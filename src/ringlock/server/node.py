@@ -271,6 +271,10 @@ class Node:
         self._dirty.discard(group)
         assert self.storage is not None
         self.storage.drop(group)
+        # Durable at once: a replica of the group may come back here (the shard moved
+        # away and back), and storage refuses its snapshot until the drop is synced.
+        # No drive turn is half-way here (a turn appends and syncs without yielding).
+        self.storage.sync()
 
     async def call_node(self, address: str, body: dict[str, Any], timeout: float) -> Any:
         connection = self._forward_connections.get(address)
@@ -282,7 +286,6 @@ class Node:
         loop = asyncio.get_running_loop()
         self._ticker = loop.call_later(self.config.tick_ms / 1000, self._tick)
         self._ticks += 1
-        self.membership.tick(self._ticks)
         now = time.monotonic()
         for shard, replica in self.replicas.items():
             replica.raft.tick()
@@ -290,6 +293,10 @@ class Node:
                 self._expire_leases(replica, now)
             if replica.raft.has_ready():
                 self._mark(shard)
+        try:  # after the Raft ticks: a membership bug must not stop the shards' clocks
+            self.membership.tick(self._ticks)
+        except Exception:
+            log.exception("node %d: membership tick failed", self.id)
 
     def _hand_over(self, replica: ShardReplica[Any], to: int) -> bool:
         """Start moving `replica`'s leadership to `to`; False if the core refused."""

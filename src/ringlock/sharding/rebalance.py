@@ -101,7 +101,12 @@ def meta_voters_wanted(meta: MetaStateMachine, current: tuple[int, ...]) -> tupl
     size = min(MAX_META_REPLICAS, len(up))
     if size > 1 and size % 2 == 0:
         size -= 1
-    keep = [n for n in sorted(current) if n in up][:size]
+    # Never shrink below the live voters just to reach an odd size: with voters {1,2,3}
+    # and node 3 dead, the wanted set is {1,2} (3 leaves), never {1}, which would need
+    # the dead node to commit the removal of a live one.
+    live_voters = [n for n in sorted(current) if n in up]
+    size = max(size, min(len(live_voters), MAX_META_REPLICAS))
+    keep = live_voters[:size]
     extra = [n for n in up if n not in keep][: size - len(keep)]
     return tuple(sorted(keep + extra))
 
