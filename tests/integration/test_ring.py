@@ -7,6 +7,7 @@ DevCluster child, stopped by its PID.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ import pytest
 from ringlock.benchmark.kv import key_of, preload
 from ringlock.checker import check_kv_history
 from ringlock.devcluster import DevCluster, free_base_port
+from ringlock.sharding.meta import META_GROUP
+from ringlock.transport.rpc import RpcConnection
 from tests.integration.workload import Workload, read_all
 
 SHARDS = 32
@@ -140,8 +143,8 @@ def test_drain_then_remove_a_node_under_load(tmp_cluster: Callable[..., DevClust
         process = cluster.nodes[4].process
         assert process is not None
         wait_for(lambda: process.poll() is not None, 30, "the removed node stops itself")
-    final = shard_map(cluster)
-    assert final.states[4] == "removed"
+    final = wait_for(lambda: (m := shard_map(cluster)) and m.states[4] == "removed" and m,
+                     10, "every node's map names node 4 removed")
     assert 4 not in final.nodes
     assert all(4 not in final.replicas[s] for s in range(SHARDS))
     check_data(cluster, load)
@@ -183,3 +186,59 @@ def test_killing_the_meta_leader_mid_move_converges_and_stays_linearizable(
     load.result.failures = [f for f in load.result.failures if "Timeout" in f]
     written = read_all(cluster.addresses, b"w")
     assert all(written.get(k) == v for k, v in load.result.acked.items())
+
+
+def test_a_dead_meta_voter_is_replaced_and_can_then_be_removed(
+        tmp_cluster: Callable[..., DevCluster]) -> None:
+    cluster = tmp_cluster(4, "--dead-after", "3").start()
+    meta_voters = set(shard_map_raw(cluster)["groups"][str(META_GROUP)][0])
+    assert meta_voters == {1, 2, 3}
+    victim = 3
+    cluster.kill(victim)
+    wait_for(lambda: (m := shard_map(cluster)) and m.states.get(victim) == "dead"
+             and settled_over({1, 2, 4})(m), MOVE_TIMEOUT_S,
+             "every shard back to 3 replicas on the live nodes")
+    wait_for(lambda: set(shard_map_raw(cluster)["groups"][str(META_GROUP)][0]) == {1, 2, 4},
+             MOVE_TIMEOUT_S, "the dead node's meta seat moved to node 4")
+    with cluster.client(timeout=10.0) as client:  # the meta group still commits
+        client.set_node_state(victim, "removed")
+        client.put("after", "removal")
+        assert client.get("after") == b"removal"
+    wait_for(lambda: shard_map(cluster).states[victim] == "removed", 10, "every node's map")
+
+
+def shard_map_raw(cluster: DevCluster) -> Any:
+    """The map as the wire carries it (the meta group's own voters included)."""
+
+    async def fetch() -> Any:
+        for address in cluster.addresses:
+            connection = RpcConnection(address)
+            try:
+                return (await connection.call({"op": "map"}, 5.0))["map"]
+            except Exception:
+                continue
+            finally:
+                await connection.close()
+        raise AssertionError("no node answered with the map")
+
+    return asyncio.run(fetch())
+
+
+def test_three_nodes_survive_the_death_of_a_meta_voter(
+        tmp_cluster: Callable[..., DevCluster]) -> None:
+    """With no spare node the dead voter's seats are given up, never a live node's: the
+    meta group and every shard go on with the two live nodes (2 of 3 were a majority)."""
+    cluster = tmp_cluster(3, "--dead-after", "3").start()
+    cluster.kill(3)
+
+    def shrunk() -> bool:
+        raw = shard_map_raw(cluster)
+        groups = {int(g): set(v) for g, (v, learners, _) in raw["groups"].items()}
+        return raw["nodes"]["3"][1] == "dead" and all(v == {1, 2} for v in groups.values())
+
+    wait_for(shrunk, MOVE_TIMEOUT_S, "every group, the meta group too, on nodes 1 and 2")
+    with cluster.client(timeout=10.0) as client:  # the meta group still commits
+        client.set_node_state(3, "removed")
+        client.put("after", "removal")
+        assert client.get("after") == b"removal"
+    wait_for(lambda: shard_map(cluster).states[3] == "removed", 10, "every node's map")
