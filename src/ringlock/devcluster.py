@@ -77,16 +77,10 @@ class DevCluster:
         self.data_dir = Path(data_dir).absolute()
         self.fsync = fsync
         self.extra_args = extra_args
-        shape_file = self.data_dir / "cluster.json"
-        if shape_file.exists():
-            shape = json.loads(shape_file.read_text())
-        else:
-            shape = {"name": name, "shards": shards,
-                     "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = shape_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(shape, indent=2))
-            os.replace(tmp, shape_file)
+        existing = self._shape_file.exists()
+        shape: dict[str, Any] = json.loads(self._shape_file.read_text()) if existing else {
+            "name": name, "shards": shards,
+            "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
         self.name: str = shape["name"]
         self.shards: int = shape["shards"]
         self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}")
@@ -94,6 +88,22 @@ class DevCluster:
         self._joined: dict[int, str] = {int(i): a for i, a in shape.get("joined", {}).items()}
         """Nodes added after founding, and the member they joined through."""
         self._client: Any = None
+        if not existing:
+            self._save_shape()
+
+    @property
+    def _shape_file(self) -> Path:
+        return self.data_dir / "cluster.json"
+
+    def _save_shape(self) -> None:
+        """What a restart on the same data needs: name, shards, nodes, who joined how."""
+        shape = {"name": self.name, "shards": self.shards,
+                 "nodes": {str(i): n.address for i, n in sorted(self.nodes.items())},
+                 "joined": {str(i): a for i, a in sorted(self._joined.items())}}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._shape_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(shape, indent=2))
+        os.replace(tmp, self._shape_file)
 
     @property
     def addresses(self) -> list[str]:
@@ -143,14 +153,8 @@ class DevCluster:
         member = self.nodes[via if via is not None else min(self.nodes)]
         node = NodeProcess(node_id, f"{host}:{port}", self.data_dir / f"node-{node_id}")
         self.nodes[node_id] = node
-        shape_file = self.data_dir / "cluster.json"
-        shape = json.loads(shape_file.read_text())
-        shape["nodes"][str(node_id)] = node.address
-        shape.setdefault("joined", {})[str(node_id)] = member.address
-        tmp = shape_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(shape, indent=2))
-        os.replace(tmp, shape_file)
         self._joined[node_id] = member.address
+        self._save_shape()
         self.start_node(node_id)
 
     def signal_node(self, node_id: int, signum: int) -> None:

@@ -30,6 +30,7 @@ from ringlock.errors import (
 )
 from ringlock.sharding.clustermap import ClusterMap, MapError
 from ringlock.sharding.keys import shard_of
+from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import KeyValue
 from ringlock.transport.rpc import RpcConnection
 
@@ -250,26 +251,13 @@ class AsyncClient:
     async def set_node_state(self, node: int, state: str, *,
                              timeout: float | None = None) -> dict[str, Any]:
         """Drain a node (`draining`: its replicas and leaderships move away), cancel a
-        drain (`up`), or take a drained node out (`removed`). Returns the new map."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        drain (`up`), or take a drained node out (`removed`). Returns the new map.
+        Any node relays the request to the meta group's leader."""
         await self._ensure_map(timeout)
         body = {"op": "node_state", "node": node, "state": state}
-        attempt = 0
-        while True:
-            attempt += 1
-            address = self._rng.choice(list(self._map.nodes.values()) or self.seeds)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RequestTimeout(f"node {node} -> {state}: no answer within the deadline")
-            try:
-                result: dict[str, Any] = await self._connection(address).call(
-                    body, min(ATTEMPT_TIMEOUT_S, remaining))
-            except (Unavailable, NotLeader, TimeoutError, OSError):
-                await self._backoff(attempt, deadline)
-                continue
-            await self._ensure_map(timeout, refresh=True)
-            return result
+        result: dict[str, Any] = await self._shard_call(META_GROUP, body, timeout)
+        await self._ensure_map(timeout, refresh=True)
+        return result
 
     async def shard_map(self, *, timeout: float | None = None) -> ShardMap:
         await self._ensure_map(timeout, refresh=True)
@@ -380,7 +368,7 @@ class AsyncClient:
         leader = self._map.leaders.get(shard)
         if leader is not None and not avoid:
             return leader
-        return self._rng.choice(replicas or self.seeds)
+        return self._rng.choice(replicas or list(self._map.nodes.values()) or self.seeds)
 
     async def _backoff(self, attempt: int, deadline: float) -> None:
         """Exponential backoff with full jitter, never past the deadline."""

@@ -27,12 +27,12 @@ import logging
 import os
 import random
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ringlock.errors import BadRequest, ConfigError, ProposalDropped, RequestError, Unavailable
 from ringlock.raft.config import RaftConfig
+from ringlock.raft.core import Raft
 from ringlock.raft.messages import Configuration, HardState, Role, Snapshot, SnapshotMeta
 from ringlock.server import requests as rq
 from ringlock.server.replica import Reply, ShardReplica
@@ -54,6 +54,7 @@ from ringlock.sharding.rebalance import (
     plan_actions,
 )
 from ringlock.statemachine.kv import ShardStateMachine
+from ringlock.storage import GroupState
 from ringlock.transport.rpc import RpcConnection
 
 if TYPE_CHECKING:
@@ -82,13 +83,28 @@ that just found the new leader another retry."""
 """Leaderships the rebalancer moves per round: gentle on clients, done in seconds."""
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any, *, durable: bool) -> None:
+    """Write a small file whole or not at all. `durable=False` skips the fsync: right for
+    a cache that an older copy serves as well (the map, written at every map change)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as file:
         json.dump(data, file)
-        file.flush()
-        os.fsync(file.fileno())
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
     os.replace(tmp, path)
+
+
+def view_of(raft: Raft) -> ShardView:
+    """A group as its leader sees it, for the rebalancer. A learner that acknowledged
+    nothing yet (match 0) has not even the snapshot, and one that has not reached the
+    entry that added it may hold an old incarnation's log: neither is caught up."""
+    log_ = raft.log
+    floor = max(1, log_.commit_index - CATCH_UP_SLACK, raft.conf_index)
+    return ShardView(raft.group, raft.id, tuple(sorted(raft.configuration.voters)),
+                     tuple(sorted(raft.configuration.learners)), raft.conf_index,
+                     raft.conf_index <= log_.commit_index,
+                     frozenset(n for n, pr in raft.progress.items() if pr.match_index >= floor))
 
 
 class Membership:
@@ -112,8 +128,6 @@ class Membership:
         self.last_plan: list[str] = []
         """What the rebalancer decided last (status shows it: why a cluster is not
         settling is the first question an operator asks)."""
-        self.last_plan_views = 0
-        self.leader_plan: dict[str, Any] = {}
         self._leaders_seen: dict[int, int] = {}
         self._leaders_since = 0.0
         self.moves_done: list[tuple[int, float, int]] = []
@@ -149,7 +163,7 @@ class Membership:
         self._set_map(ClusterMap.parse(raw))  # map.json first: with the identity file
         # alone, a restart would not know where the cluster is
         atomic_write_json(identity_path, {"node": config.node_id, "cluster": config.cluster,
-                                          "shards": raw["shards"]})
+                                          "shards": raw["shards"]}, durable=True)
         return not config.join
 
     def _found(self) -> dict[str, Any]:
@@ -207,7 +221,7 @@ class Membership:
 
     # ------------------------------------------------------------------- replicas
 
-    def make_replica(self, group: int, state: Any) -> ShardReplica[Any]:
+    def make_replica(self, group: int, state: GroupState) -> ShardReplica[Any]:
         config = self.node.config
         raft_config = RaftConfig(
             node_id=config.node_id, group_id=group, election_tick=config.election_ticks,
@@ -238,7 +252,8 @@ class Membership:
             return
         old, self.map = self.map, new
         try:
-            atomic_write_json(self.data_dir / MAP_FILE, new.to_wire())
+            # A cache: an older copy only makes a restart ask the meta group for more.
+            atomic_write_json(self.data_dir / MAP_FILE, new.to_wire(), durable=False)
         except OSError as error:
             log.warning("could not save %s: %s", MAP_FILE, error)
         if old.version:
@@ -256,7 +271,7 @@ class Membership:
             if group not in node.replicas:
                 log.info("node %d: new replica of group %d (map version %d)", me, group,
                          new.version)
-                node.add_replica(group, self.make_replica(group, _EMPTY))
+                node.add_replica(group, self.make_replica(group, GroupState(None, None, [])))
         for group, replica in list(node.replicas.items()):
             if group not in new.groups or me in new.holders(group):
                 continue
@@ -321,29 +336,22 @@ class Membership:
                 if not future.done():
                     future.set_exception(error) if error else future.set_result(result)
 
-            self.node.dispatch(dict(body, shard=META_GROUP), reply)
+            self.node.dispatch(body, reply)
             return await asyncio.wait_for(future, MEMBERSHIP_CALL_TIMEOUT_S)
         target = self._meta_target()
         if target is None:
             raise Unavailable("no meta replica known")
-        return await self.node.call_node(target, dict(body, shard=META_GROUP),
-                                         MEMBERSHIP_CALL_TIMEOUT_S)
+        return await self.node.call_node(target, body, MEMBERSHIP_CALL_TIMEOUT_S)
 
     def _led_views(self) -> list[list[Any]]:
+        """The shards this node leads, as a report carries them."""
         views = []
         for group, replica in sorted(self.node.replicas.items()):
-            raft = replica.raft
-            if group == META_GROUP or raft.role != Role.LEADER:
+            if group == META_GROUP or replica.raft.role != Role.LEADER:
                 continue
-            log_ = raft.log
-            # A learner that acknowledged nothing yet (match 0) has not even the snapshot,
-            # and one that has not reached the entry that added it may be an old
-            # incarnation's log: neither counts as caught up.
-            floor = max(1, log_.commit_index - CATCH_UP_SLACK, raft.conf_index)
-            caught_up = sorted(n for n, pr in raft.progress.items() if pr.match_index >= floor)
-            views.append([group, raft.term, sorted(raft.configuration.voters),
-                          sorted(raft.configuration.learners), raft.conf_index,
-                          raft.conf_index <= log_.commit_index, caught_up,
+            view = view_of(replica.raft)
+            views.append([group, replica.raft.term, list(view.voters), list(view.learners),
+                          view.conf_index, view.committed, sorted(view.caught_up),
                           self.node.snapshot_bytes_sent.get(group, 0)])
         return views
 
@@ -392,7 +400,7 @@ class Membership:
                   and now - max(self._heard.get(n, 0.0), self._leader_since) > dead_after}
         views = {s: view for s, (at, _, view) in self._views.items()
                  if now - at < VIEW_MAX_AGE_S}
-        views[META_GROUP] = self._own_view(meta)
+        views[META_GROUP] = view_of(meta.raft)
         self._time_moves(machine, now)
         actions = plan_actions(machine, views, heard=heard, silent=silent,
                                max_moves=self.node.config.max_moves)
@@ -400,22 +408,11 @@ class Membership:
             actions = self._leader_transfers(machine, views, heard)
         self.last_plan = [a.why if isinstance(a, ProposeMeta) else
                           f"shard {a.shard}: {a.change} {a.node}" for a in actions]
-        self.last_plan_views = len(views)
         for action in actions:
             if isinstance(action, ProposeMeta):
                 self._propose_meta(action)
             else:
                 self._send_change(action)
-
-    @staticmethod
-    def _own_view(meta: ShardReplica[MetaStateMachine]) -> ShardView:
-        raft = meta.raft
-        floor = max(1, raft.log.commit_index - CATCH_UP_SLACK, raft.conf_index)
-        return ShardView(META_GROUP, raft.id, tuple(sorted(raft.configuration.voters)),
-                         tuple(sorted(raft.configuration.learners)), raft.conf_index,
-                         raft.conf_index <= raft.log.commit_index,
-                         frozenset(n for n, pr in raft.progress.items()
-                                   if pr.match_index >= floor))
 
     def _time_moves(self, machine: MetaStateMachine, now: float) -> None:
         """Log how long each move took, from its target being set to its being done."""
@@ -454,15 +451,9 @@ class Membership:
             return []
         target = plan_leaders(placement, current)
         changes: list[ProposeMeta | ShardChange] = []
-        self.leader_plan = {"current": dict(sorted(Counter(current.values()).items())),
-                            "target": dict(sorted(Counter(target.values()).items())),
-                            "waiting": []}
         for shard, to in sorted(target.items()):
             view = views[shard]
-            if to == view.leader:
-                continue
-            if to not in view.caught_up:
-                self.leader_plan["waiting"].append(shard)
+            if to == view.leader or to not in view.caught_up:
                 continue
             changes.append(ShardChange(shard, view.leader, "transfer", to, view.conf_index))
             if len(changes) >= MAX_LEADER_TRANSFERS:
@@ -517,8 +508,7 @@ class Membership:
         return {"meta_leader": True,
                 "heard_s_ago": {str(n): round(now - at, 1) for n, at in self._heard.items()},
                 "moves": self.moves_done[-MOVES_KEPT:],
-                "last_plan": self.last_plan[:32], "fresh_views": self.last_plan_views,
-                "leader_plan": self.leader_plan}
+                "last_plan": self.last_plan[:32]}
 
     # ------------------------------------------------------------------ requests
 
@@ -550,28 +540,26 @@ class Membership:
         address = rq.field(body, "address", str)
         if body.get("cluster") != self.node.config.cluster:
             raise BadRequest(f"this node belongs to cluster {self.node.config.cluster!r}")
-        self._meta_propose(encode_command("add_node", node, address), reply,
-                           answer=lambda: {"map": self._meta_map()})
+        self._meta_propose(encode_command("add_node", node, address), reply)
 
     def op_node_state(self, body: dict[str, Any], reply: Reply) -> None:
         node = rq.field(body, "node", int)
         state = rq.field(body, "state", str)
         if state not in (UP, DRAINING, REMOVED):
             raise BadRequest(f"a node can be set up, draining or removed, not {state!r}")
-        self._meta_propose(encode_command("set_state", node, state), reply,
-                           answer=lambda: {"map": self._meta_map()})
+        self._meta_propose(encode_command("set_state", node, state), reply)
 
-    def _meta_map(self) -> dict[str, Any]:
-        assert self.meta is not None
-        return self.meta.sm.to_map()
-
-    def _meta_propose(self, command: bytes, reply: Reply, answer: Any) -> None:
+    def _meta_propose(self, command: bytes, reply: Reply) -> None:
+        """Propose a membership command; answer with the map it made."""
         meta = self.meta
         if meta is None:
             raise Unavailable(f"node {self.node.config.node_id} holds no meta replica")
 
         def done(result: Any, error: RequestError | None) -> None:
-            reply(None, error) if error is not None else reply(answer(), None)
+            if error is not None:
+                reply(None, error)
+            else:
+                reply({"map": meta.sm.to_map()}, None)
 
         meta.propose(command, done)
         self.node.mark(META_GROUP)
@@ -601,7 +589,8 @@ class Membership:
                               f"not {conf_index}: step decided on a stale view")
         try:
             if change == "transfer":
-                raft.transfer_leadership(target)
+                if not self.node.hand_over(replica, target):
+                    raise Unavailable(f"group {shard}: leadership cannot move to {target}")
             elif change in ("add_learner", "promote", "remove"):
                 raft.propose_conf_change(change, target)
             else:
@@ -619,11 +608,3 @@ class Membership:
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
 
-
-class _Empty:
-    hard_state = None
-    snapshot = None
-    entries: list[Any] = []
-
-
-_EMPTY = _Empty()

@@ -212,7 +212,7 @@ class Node:
                           and n in self.links and self.links[n].connected]
                 if not others:
                     continue
-                self._hand_over(replica, max(others, key=lambda n: progress[n].match_index))
+                self.hand_over(replica, max(others, key=lambda n: progress[n].match_index))
             await asyncio.sleep(0.05)
         log.warning("node %d: leadership transfer did not finish in %.1f s",
                      self.id, SHUTDOWN_TRANSFER_S)
@@ -298,12 +298,13 @@ class Node:
         except Exception:
             log.exception("node %d: membership tick failed", self.id)
 
-    def _hand_over(self, replica: ShardReplica[Any], to: int) -> bool:
+    def hand_over(self, replica: ShardReplica[Any], to: int) -> bool:
         """Start moving `replica`'s leadership to `to`; False if the core refused."""
         try:
             replica.raft.transfer_leadership(to)
         except ProposalDropped:
             return False
+        self.counters["leader_transfers"] += 1
         self._mark(replica.shard)
         return True
 
@@ -435,10 +436,9 @@ class Node:
         comes back the same way. A client that asks for redirects (the ringlock client,
         which learns the leaders) gets NotLeader instead; `hops` bounds the relay."""
         op = body.get("op")
-        shard = body.get("shard")
-        if op in META_OPS:
-            shard = META_GROUP
-        elif (op not in FORWARDABLE_OPS or body.get("redirect") or type(shard) is not int
+        shard = body.get("shard", -1)
+        if op not in META_OPS and (  # a meta op's group was set by dispatch
+                op not in FORWARDABLE_OPS or body.get("redirect") or type(shard) is not int
                 or not 0 <= shard < self.config.shards):
             return False
         hops = body.get("hops", 0)

@@ -43,7 +43,6 @@ MAX_META_REPLICAS = 5
 """A meta group of 5 survives 2 failures; more voters only slow its commits."""
 
 JOINING, UP, DRAINING, DEAD, REMOVED = "joining", "up", "draining", "dead", "removed"
-NODE_STATES = (JOINING, UP, DRAINING, DEAD, REMOVED)
 TRANSITIONS = {
     JOINING: {UP, REMOVED},
     UP: {DRAINING, DEAD},
