@@ -117,6 +117,41 @@ def test_cancel_leaves_the_queue_and_a_holder_cancelling_releases() -> None:
     shard.machine.locks.check_all()
 
 
+def test_a_try_acquire_of_a_held_lock_answers_busy_and_does_not_queue() -> None:
+    shard = _shard_with_leases(1, 2)
+    token = shard("lock_acquire", b"L", 1, 10, True).value
+    assert shard("lock_acquire", b"L", 2, 20, False) == ("busy", 0)
+    assert shard.machine.locks_info() == [LockInfo(b"L", Holder(10, 1, token), [])]
+    assert shard("lock_acquire", b"L", 1, 10, False) == ("granted", token)  # its own
+    assert shard("lock_acquire", b"L", 2, 20, True, True).__class__ is StateMachineError
+
+
+def test_a_queued_only_cancel_leaves_the_queue_but_never_releases() -> None:
+    shard = _shard_with_leases(1, 2)
+    token = shard("lock_acquire", b"L", 1, 10).value
+    shard("lock_acquire", b"L", 2, 20)
+    assert shard("lock_cancel", b"L", 10, True) is None
+    assert shard.machine.locks.status(b"L", 10) == ("granted", token)
+    assert shard("lock_cancel", b"L", 20, True) is None
+    assert shard.machine.locks.status(b"L", 20) is None
+    assert shard.machine.locks_info() == [LockInfo(b"L", Holder(10, 1, token), [])]
+
+
+def test_departures_count_cancels_and_lease_ends_but_not_releases() -> None:
+    shard = _shard_with_leases(1, 2, 3)
+    table = shard.machine.locks
+    shard("lock_acquire", b"L", 1, 10)
+    shard("lock_acquire", b"L", 2, 20)
+    shard("lock_acquire", b"L", 3, 30)
+    shard("lock_release", b"L", 10)
+    assert table.departures == 0
+    shard("lock_cancel", b"L", 30)
+    assert table.departures == 1
+    shard("lease_revoke", 2)
+    assert table.departures == 2
+    assert table.status(b"L", 20) is None
+
+
 def test_revoking_a_lease_drops_its_holds_and_waits_and_hands_the_locks_on() -> None:
     shard = _shard_with_leases(1, 2, 3)
     shard("put", b"k", b"v", 1, False)

@@ -28,12 +28,14 @@ Commands, `[op, client, seq, *args]` (see `encode`), and their results:
     lease_revoke lease                       LeaseRevoked: an int (keys deleted) with
                                              .grants, the locks handed on (Grant list)
     session_end client                       None
-    lock_acquire name lease waiter           Acquired ("granted", token) or
-                                             ("queued", position), 1 = next in line
+    lock_acquire name lease waiter [queue]   Acquired ("granted", token) or
+                                             ("queued", position), 1 = next in line;
+                                             with queue false, ("busy", 0) if held
     lock_release name waiter                 Grant to the next waiter, or None if the
                                              lock is free; NotHolder if not held by it
-    lock_cancel name waiter                  as lock_release for the holder; None for a
-                                             queued waiter (it leaves) or a stranger
+    lock_cancel name waiter [queued_only]    as lock_release for the holder (unless
+                                             queued_only); None for a queued waiter
+                                             (it leaves) or a stranger
 
 Errors are returned, not raised (StateMachineError and its kinds: FencedOut,
 NotHolder, LockLimitExceeded), and a command that errs changes nothing.
@@ -190,16 +192,18 @@ class ShardStateMachine:
             (lease,) = args
             return self._revoke(lease)
         if op == "lock_acquire":
-            name, lease, waiter = args
+            name, lease, waiter, *queue = args
+            _at_most_one("lock_acquire", queue)
             if lease not in self.leases:
                 raise StateMachineError(f"lease {lease} not found (expired or revoked)")
-            return self.locks.acquire(name, lease, waiter)
+            return self.locks.acquire(name, lease, waiter, *map(bool, queue[:1]))
         if op == "lock_release":
             name, waiter = args
             return self.locks.release(name, waiter)
         if op == "lock_cancel":
-            name, waiter = args
-            return self.locks.cancel(name, waiter)
+            name, waiter, *queued_only = args
+            _at_most_one("lock_cancel", queued_only)
+            return self.locks.cancel(name, waiter, *map(bool, queued_only[:1]))
         if op == "session_end":
             (client,) = args
             self.dedup.pop(client, None)
@@ -342,6 +346,11 @@ _ERROR_KINDS: dict[str, type[StateMachineError]] = {
     "lock_limit": LockLimitExceeded}
 _META = struct.Struct(">QQQQ")
 """create revision, mod revision, version, lease: stored in front of the value."""
+
+
+def _at_most_one(op: str, optional: list[Any]) -> None:
+    if len(optional) > 1:
+        raise StateMachineError(f"{op!r} takes one optional argument, got {len(optional)}")
 
 
 def _unpack(key: bytes, raw: bytes) -> KeyValue:

@@ -110,11 +110,16 @@ class LockTable:
         """lock name -> highest token seen, least recently used first."""
         self.last_token = 0
         """The token of the latest grant on this shard."""
+        self.departures = 0
+        """Raised each time a waiter or holder leaves other than by its own release (a
+        cancel, a lease's end): the server then re-checks the waits it is holding open.
+        Not part of the state (not in snapshots): a counter of events seen here."""
 
     # ------------------------------------------------------------------ commands
 
-    def acquire(self, name: bytes, lease: int, waiter: int) -> Acquired:
-        """Grant at once if free, else queue; a waiter already here gets its status."""
+    def acquire(self, name: bytes, lease: int, waiter: int, queue: bool = True) -> Acquired:
+        """Grant at once if free, else queue (or, with `queue` false, answer "busy" and
+        change nothing); a waiter already here gets its status."""
         _check_name(name)
         if not isinstance(waiter, int) or not isinstance(lease, int):
             raise StateMachineError("waiter and lease must be integers")
@@ -134,6 +139,8 @@ class LockTable:
         if waiter in lock.queue:
             _same_lease(name, waiter, lock.queue[waiter], lease)
             return Acquired("queued", list(lock.queue).index(waiter) + 1)
+        if not queue:
+            return Acquired("busy", 0)
         if len(lock.queue) >= MAX_WAITERS_PER_LOCK:
             raise LockLimitExceeded(
                 f"lock {name!r} has {len(lock.queue)} waiters: MAX_WAITERS_PER_LOCK="
@@ -151,21 +158,29 @@ class LockTable:
         self._unindex(lock.holder.lease, name, waiter)
         return self._grant_next(name, lock)
 
-    def cancel(self, name: bytes, waiter: int) -> Grant | None:
-        """Leave the queue (nothing if not there); a holder releases instead."""
+    def cancel(self, name: bytes, waiter: int, queued_only: bool = False) -> Grant | None:
+        """Leave the queue (nothing if not there); a holder releases instead, unless
+        `queued_only` (a server cancelling the waits of a closed connection must not
+        release a grant whose answer was lost: the client may re-attach to it)."""
         lock = self.locks.get(name)
         if lock is None:
             return None
         if lock.holder.waiter == waiter:
+            if queued_only:
+                return None
+            self.departures += 1
             return self.release(name, waiter)
         lease = lock.queue.pop(waiter, None)
         if lease is not None:
+            self.departures += 1
             self._unindex(lease, name, waiter)
         return None
 
     def drop_lease(self, lease: int) -> list[Grant]:
         """Drop every hold and wait under `lease`; returns the grants this made, by name."""
         waits = self.by_lease.pop(lease, set())
+        if waits:
+            self.departures += 1
         freed: list[bytes] = []
         for name, waiter in sorted(waits):
             lock = self.locks[name]
@@ -199,6 +214,18 @@ class LockTable:
             del self.fences[next(iter(self.fences))]
 
     # ------------------------------------------------------------------- reading
+
+    def status(self, name: bytes, waiter: int) -> Acquired | None:
+        """Where `waiter` stands on lock `name`: granted (with its token), queued (with
+        its position), or None when it is neither."""
+        lock = self.locks.get(name)
+        if lock is None:
+            return None
+        if lock.holder.waiter == waiter:
+            return Acquired("granted", lock.holder.token)
+        if waiter in lock.queue:
+            return Acquired("queued", list(lock.queue).index(waiter) + 1)
+        return None
 
     def describe(self) -> list[LockInfo]:
         """Every held lock by name: holder and queue (for `ringlock locks`)."""
