@@ -12,8 +12,11 @@ from typing import Any
 
 from ringlock.errors import (
     BadRequest,
+    FencedOut,
     InvariantViolation,
+    LockWaitAborted,
     NotFound,
+    NotHolder,
     NotLeader,
     RequestError,
     RequestTimeout,
@@ -24,14 +27,15 @@ from ringlock.errors import (
 )
 
 __all__ = [
-    "AsyncClient", "BadRequest", "Client", "InvariantViolation", "NotFound", "NotLeader",
-    "RequestError", "RequestTimeout", "RinglockError", "TooLarge", "Unavailable", "WrongShard",
+    "AsyncClient", "AsyncLock", "BadRequest", "Client", "FencedOut", "InvariantViolation",
+    "Lock", "LockWaitAborted", "NotFound", "NotHolder", "NotLeader", "RequestError",
+    "RequestTimeout", "RinglockError", "TooLarge", "Unavailable", "WrongShard",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Client", "AsyncClient"):
+    if name in ("Client", "AsyncClient", "Lock", "AsyncLock"):
         from ringlock import client
 
         return getattr(client, name)

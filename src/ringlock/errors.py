@@ -118,6 +118,35 @@ class CommandFailed(RequestError):
     code = "CommandFailed"
 
 
+class FencedOut(CommandFailed):
+    """A fenced write carried a lock's token older than one the key's shard has seen (the
+    lock was granted again since), or the client knows its hold is lost: a paused or
+    partitioned holder must not write. Nothing changed."""
+
+    code = "FencedOut"
+
+
+class NotHolder(CommandFailed):
+    """A release of a lock this waiter does not hold (its lease ended, and the lock may
+    have gone to the next waiter); nothing changed."""
+
+    code = "NotHolder"
+
+
+class LockLimitExceeded(CommandFailed, TooLarge):
+    """A lock name, a lock's queue, or a shard's number of locks exceeded its limit."""
+
+    code = "LockLimit"
+
+
+class LockWaitAborted(RequestError):
+    """A wait for a lock ended without a grant: the waiter's lease ended or its wait was
+    cancelled (the client re-queues when it can)."""
+
+    code = "LockWaitAborted"
+    retryable = True
+
+
 class NotFound(RequestError):
     """The lease (or other named object) does not exist: it expired or was revoked."""
 
@@ -127,5 +156,6 @@ class NotFound(RequestError):
 ERROR_CODES: dict[str, type[RequestError]] = {
     cls.code: cls
     for cls in (NotLeader, WrongShard, Unavailable, RequestTimeout, TooLarge, BadRequest,
-                CommandFailed, NotFound)
+                CommandFailed, NotFound, FencedOut, NotHolder, LockLimitExceeded,
+                LockWaitAborted)
 }

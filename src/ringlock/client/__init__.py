@@ -1,6 +1,8 @@
 """Clients: `Client` (blocking) and `AsyncClient`."""
 
 from ringlock.client.aio import AsyncClient, Lease, ShardMap
-from ringlock.client.sync import Client, KeyValueMapping
+from ringlock.client.locks import AsyncLock, LockState
+from ringlock.client.sync import Client, KeyValueMapping, Lock
 
-__all__ = ["AsyncClient", "Client", "KeyValueMapping", "Lease", "ShardMap"]
+__all__ = ["AsyncClient", "AsyncLock", "Client", "KeyValueMapping", "Lease", "Lock",
+           "LockState", "ShardMap"]

@@ -16,10 +16,18 @@ import asyncio
 import os
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ringlock.client.locks import (
+    DEFAULT_LOCK_TTL_S,
+    AsyncLock,
+    Fence,
+    LockSessions,
+    LockState,
+    fence_field,
+)
 from ringlock.errors import (
     ConfigError,
     NotLeader,
@@ -132,6 +140,10 @@ class AsyncClient:
         self._map_lock: asyncio.Lock | None = None
         self._rng = random.Random()
         self.retries = 0
+        self._route_events: dict[int, asyncio.Event] = {}
+        self.sessions = LockSessions(self)
+        """The leases this client's locks wait and hold under, kept alive in the
+        background: one per (shard, TTL)."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -140,6 +152,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self.sessions.close()
         connections, self._connections = self._connections, {}
         for connection in connections.values():
             await connection.close()
@@ -159,10 +172,15 @@ class AsyncClient:
         return decode_kv(raw)
 
     async def put(self, key: Key, value: Key, *, lease: Lease | None = None,
-                  prev: bool = False, timeout: float | None = None) -> KeyValue | None:
+                  prev: bool = False, fence: Fence | None = None,
+                  timeout: float | None = None) -> KeyValue | None:
+        """Set `key`. With `fence` (a held lock, or (lock name, token)), the key's shard
+        refuses the write with `FencedOut` once it has seen a newer grant of that lock,
+        and this client refuses it before sending once it can no longer be sure it
+        holds the lock."""
         k = to_bytes(key)
         body: dict[str, Any] = {"op": "put", "key": k, "value": to_bytes(value),
-                                "prev": prev}
+                                "prev": prev, **fence_field(fence)}
         if lease is not None:
             await self._ensure_map(timeout)
             if shard_of(k, self._map.shards) != lease.shard:
@@ -171,25 +189,29 @@ class AsyncClient:
             body["lease"] = lease.id
         return decode_kv(await self._keyed(self._session(body), k, timeout))
 
-    async def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+    async def delete(self, key: Key, *, fence: Fence | None = None,
+                     timeout: float | None = None) -> bool:
         k = to_bytes(key)
-        return bool(await self._keyed(self._session({"op": "delete", "key": k}), k, timeout))
+        body = {"op": "delete", "key": k, **fence_field(fence)}
+        return bool(await self._keyed(self._session(body), k, timeout))
 
     async def compare_and_set(self, key: Key, expected: Key | None, value: Key | None, *,
-                              timeout: float | None = None) -> bool:
+                              fence: Fence | None = None, timeout: float | None = None,
+                              ) -> bool:
         """Set `key` to `value` (delete it when None) if its value is `expected` (absent
         when None). True if it was changed."""
         return await self.cas(key, "value", None if expected is None else to_bytes(expected),
-                              value, timeout=timeout)
+                              value, fence=fence, timeout=timeout)
 
     async def cas(self, key: Key, target: str, expected: Any, value: Key | None, *,
-                  timeout: float | None = None) -> bool:
+                  fence: Fence | None = None, timeout: float | None = None) -> bool:
         """Compare `target` ("value", "version" or "mod_revision") with `expected`, then
         put `value` (or delete when None)."""
         k = to_bytes(key)
         body: dict[str, Any] = {"op": "cas", "key": k, "target": target, "expected": expected,
                                 "then": "delete" if value is None else "put",
-                                "value": b"" if value is None else to_bytes(value)}
+                                "value": b"" if value is None else to_bytes(value),
+                                **fence_field(fence)}
         return bool(await self._keyed(self._session(body), k, timeout))
 
     async def scan(self, prefix: Key = b"", *, limit: int = 1000, after: Key = b"",
@@ -215,7 +237,10 @@ class AsyncClient:
         """A lease of `ttl` seconds on the shard of `near`; keep it with `keepalive`."""
         await self._ensure_map(timeout)
         shard = shard_of(to_bytes(near), self._map.shards)
-        ttl_ms = round(ttl * 1000)
+        return await self.grant_lease_on(shard, round(ttl * 1000), timeout=timeout)
+
+    async def grant_lease_on(self, shard: int, ttl_ms: int, *,
+                             timeout: float | None = None) -> Lease:
         lease_id = self._rng.randrange(1, 2**62)
         await self._shard_call(shard, self._session(
             {"op": "lease_grant", "shard": shard, "ttl_ms": ttl_ms, "lease": lease_id}), timeout)
@@ -228,6 +253,35 @@ class AsyncClient:
     async def revoke(self, lease: Lease, *, timeout: float | None = None) -> int:
         return int(await self._shard_call(lease.shard, self._session(
             {"op": "lease_revoke", "shard": lease.shard, "lease": lease.id}), timeout))
+
+    async def ttl_remaining(self, lease: Lease, *, timeout: float | None = None) -> float:
+        """Seconds the lease has left on its shard leader's clock (NotFound once gone)."""
+        raw = await self._shard_call(lease.shard, {"op": "lease_ttl", "shard": lease.shard,
+                                                   "lease": lease.id}, timeout)
+        return float(raw["remaining_ms"]) / 1000
+
+    # ----------------------------------------------------------------------- locks
+
+    def lock(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S,
+             on_lost: Callable[[AsyncLock], None] | None = None) -> AsyncLock:
+        """A fair (FIFO) lock of the cluster, in the shape of `asyncio.Lock`:
+
+            async with client.lock("jobs/42", ttl=10) as held:
+                await client.put("jobs/42/state", "done", fence=held)
+
+        It is held under a lease of `ttl` seconds that this client keeps alive; if the
+        client cannot renew it in time, `held.valid` turns false, `on_lost(held)` is
+        called, and fenced writes are refused (see docs/LOCKS.md)."""
+        return AsyncLock(self, to_bytes(name), ttl=ttl, on_lost=on_lost)
+
+    async def locks(self, *, timeout: float | None = None) -> list[LockState]:
+        """Every lock held in the cluster: holder, token, waiters, the lease's TTL left."""
+        await self._ensure_map(timeout)
+        calls = [self._shard_call(shard, {"op": "locks", "shard": shard}, timeout)
+                 for shard in range(self._map.shards)]
+        found = [LockState.from_wire(shard, raw)
+                 for shard, part in enumerate(await asyncio.gather(*calls)) for raw in part]
+        return sorted(found, key=lambda lock: lock.name)
 
     # ---------------------------------------------------------------------- cluster
 
@@ -270,6 +324,18 @@ class AsyncClient:
         body["client"] = self.client_id
         body["seq"] = self._seq
         return body
+
+    with_session = _session
+
+    @property
+    def shard_count(self) -> int:
+        return self._map.shards
+
+    def new_waiter_id(self) -> int:
+        return self._rng.randrange(1, 2**62)
+
+    async def ensure_map(self, timeout: float | None) -> None:
+        await self._ensure_map(timeout)
 
     def _connection(self, address: str) -> RpcConnection:
         connection = self._connections.get(address)
@@ -314,8 +380,23 @@ class AsyncClient:
         body["shard"] = shard
         return await self._shard_call(shard, body, timeout, stale_ok=stale_ok)
 
+    def route_changed(self, shard: int) -> asyncio.Event:
+        """Set when this client stops believing in the leader it knew for `shard`: a
+        wait held open there (a lock's) re-attaches at the new leader."""
+        event = self._route_events.get(shard)
+        if event is None:
+            event = self._route_events[shard] = asyncio.Event()
+        return event
+
+    def _lost_leader(self, shard: int) -> None:
+        self._map.leaders.pop(shard, None)
+        event = self._route_events.pop(shard, None)
+        if event is not None:
+            event.set()
+
     async def _shard_call(self, shard: int, body: dict[str, Any], timeout: float | None, *,
-                          stale_ok: bool = False) -> Any:
+                          stale_ok: bool = False, attempt_timeout: float = ATTEMPT_TIMEOUT_S,
+                          ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         attempt = 0
@@ -334,31 +415,34 @@ class AsyncClient:
             attempt += 1
             try:
                 return await self._connection(address).call(
-                    body, min(ATTEMPT_TIMEOUT_S, remaining))
+                    body, min(attempt_timeout, remaining))
             except NotLeader as error:
                 last = error
                 self.retries += 1
                 if error.version > self._map.version:  # the shard may have moved
                     await self._ensure_map(remaining, refresh=True)
                 if error.leader and error.leader != address:
+                    self._lost_leader(shard)
                     self._map.leaders[shard] = error.leader
                     tried_other = False
                     continue
-                self._map.leaders.pop(shard, None)
+                self._lost_leader(shard)
                 tried_other = True
             except WrongShard as error:
                 last = error
                 self.retries += 1
-                self._map.leaders.pop(shard, None)
+                self._lost_leader(shard)
                 await self._ensure_map(remaining, refresh=True)
                 tried_other = True
             except (Unavailable, TimeoutError, OSError) as error:
                 last = error
                 self.retries += 1
                 if self._map.leaders.get(shard) == address:
-                    del self._map.leaders[shard]
+                    self._lost_leader(shard)
                 tried_other = True
             await self._backoff(attempt, deadline)
+
+    shard_call = _shard_call
 
     def _pick(self, shard: int, stale_ok: bool, avoid: bool) -> str:
         replicas = [self._map.nodes[n] for n in self._map.replicas.get(shard, ())

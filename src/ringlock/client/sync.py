@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, MutableMapping
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
 from ringlock.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, Key, Lease, ShardMap, to_bytes
+from ringlock.client.locks import DEFAULT_LOCK_TTL_S, AsyncLock, Fence, LockState
+from ringlock.errors import RequestError
 from ringlock.statemachine.kv import KeyValue
 
 T = TypeVar("T")
@@ -58,19 +61,25 @@ class Client:
         return self._run_sync(self._aio.get_kv(key, consistency=consistency, timeout=timeout))
 
     def put(self, key: Key, value: Key, *, lease: Lease | None = None, prev: bool = False,
-            timeout: float | None = None) -> KeyValue | None:
-        return self._run_sync(self._aio.put(key, value, lease=lease, prev=prev, timeout=timeout))
+            fence: Fence | None = None, timeout: float | None = None) -> KeyValue | None:
+        """Set `key`; with `fence` (a held lock), refused with FencedOut once the lock
+        was granted again, or once this client is no longer sure it holds it."""
+        return self._run_sync(self._aio.put(key, value, lease=lease, prev=prev, fence=fence,
+                                            timeout=timeout))
 
-    def delete(self, key: Key, *, timeout: float | None = None) -> bool:
-        return self._run_sync(self._aio.delete(key, timeout=timeout))
+    def delete(self, key: Key, *, fence: Fence | None = None,
+               timeout: float | None = None) -> bool:
+        return self._run_sync(self._aio.delete(key, fence=fence, timeout=timeout))
 
     def compare_and_set(self, key: Key, expected: Key | None, value: Key | None, *,
-                        timeout: float | None = None) -> bool:
-        return self._run_sync(self._aio.compare_and_set(key, expected, value, timeout=timeout))
+                        fence: Fence | None = None, timeout: float | None = None) -> bool:
+        return self._run_sync(self._aio.compare_and_set(key, expected, value, fence=fence,
+                                                        timeout=timeout))
 
     def cas(self, key: Key, target: str, expected: Any, value: Key | None, *,
-            timeout: float | None = None) -> bool:
-        return self._run_sync(self._aio.cas(key, target, expected, value, timeout=timeout))
+            fence: Fence | None = None, timeout: float | None = None) -> bool:
+        return self._run_sync(self._aio.cas(key, target, expected, value, fence=fence,
+                                            timeout=timeout))
 
     def scan(self, prefix: Key = b"", *, limit: int = 1000, after: Key = b"",
              consistency: str = "linearizable", timeout: float | None = None) -> list[KeyValue]:
@@ -86,6 +95,23 @@ class Client:
     def revoke(self, lease: Lease) -> int:
         return self._run_sync(self._aio.revoke(lease))
 
+    def ttl_remaining(self, lease: Lease) -> float:
+        return self._run_sync(self._aio.ttl_remaining(lease))
+
+    def lock(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S,
+             on_lost: Callable[[Lock], None] | None = None) -> Lock:
+        """A fair (FIFO) lock of the cluster, in the shape of `threading.Lock`:
+
+            with client.lock("jobs/42", ttl=10) as held:
+                client.put("jobs/42/state", "done", fence=held)
+
+        `on_lost(held)` runs (on the client's own thread) if the lease could not be
+        kept alive; `held.valid` is then false and fenced writes are refused."""
+        return Lock(self, self._aio.lock(name, ttl=ttl), on_lost)
+
+    def locks(self, *, timeout: float | None = None) -> list[LockState]:
+        return self._run_sync(self._aio.locks(timeout=timeout))
+
     def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         return self._run_sync(self._aio.status(timeout=timeout))
 
@@ -98,6 +124,71 @@ class Client:
     def dict(self, prefix: Key = b"") -> KeyValueMapping:
         """A `MutableMapping` view of the keys under `prefix` (keys given without it)."""
         return KeyValueMapping(self, to_bytes(prefix))
+
+
+class Lock:
+    """`threading.Lock`'s shape over `AsyncLock` (see `Client.lock`). Safe to share
+    between threads like a `threading.Lock`: one holder at a time per handle."""
+
+    def __init__(self, client: Client, inner: AsyncLock,
+                 on_lost: Callable[[Lock], None] | None) -> None:
+        self._client = client
+        self._inner = inner
+        if on_lost is not None:
+            inner.on_lost = lambda _: on_lost(self)
+        self._local = threading.Lock()
+        """Threads of this process queue here, not in the cluster: one handle, one
+        holder."""
+
+    name = property(lambda self: self._inner.name)
+    token = property(lambda self: self._inner.token,
+                     doc="The fencing token of the current hold.")
+    valid = property(lambda self: self._inner.valid,
+                     doc="True while this client is sure it holds the lock.")
+    lost_reason = property(lambda self: self._inner.lost_reason)
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("AsyncLock", "Lock")
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        start = time.monotonic()
+        if not self._local.acquire(blocking, timeout):
+            return False
+        left = -1 if timeout == -1 else max(0.0, timeout - (time.monotonic() - start))
+        try:
+            got = self._client._run_sync(self._inner.acquire(blocking, left))
+        except BaseException:
+            self._local.release()
+            raise
+        if not got:
+            self._local.release()
+        return got
+
+    def release(self) -> None:
+        if not self._inner.locked():
+            raise RuntimeError(f"release of lock {self.name!r}, which this handle "
+                               "does not hold")
+        try:
+            self._client._run_sync(self._inner.release())
+        finally:
+            self._local.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    def fence_pair(self) -> tuple[bytes, int]:
+        return self._inner.fence_pair()
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            self.release()
+        except RequestError:
+            if kind is None:  # a lost lock is loud, unless something louder is on its way
+                raise
 
 
 async def _make(cluster: str | Iterable[str] | None, timeout: float) -> AsyncClient:

@@ -94,7 +94,7 @@ class Connection:
                 f"(max_inflight_per_connection={limit})"))
             return
         self.inflight += 1
-        self.node.dispatch(body, self._replier(request_id))
+        self.node.dispatch(body, self._replier(request_id), self)
 
     def _hello(self, request_id: int, body: dict[str, Any]) -> None:
         """A peer's stream starts here. Refused, the stream is closed: what follows is

@@ -236,6 +236,7 @@ class Membership:
             self.meta = replica
         else:
             replica = ShardReplica(raft_config, [], **common)
+            replica.listener = self.node.locks
         return replica
 
     def map_address(self, node: int) -> str | None:

@@ -47,6 +47,7 @@ from ringlock.raft.messages import MessageType, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
+from ringlock.server.lockops import LockOps
 from ringlock.server.membership import Membership
 from ringlock.server.replica import Reply, ShardReplica
 from ringlock.sharding.meta import META_GROUP, REMOVED
@@ -100,6 +101,9 @@ class Node:
         self._ticks = 0
         self.snapshot_bytes_sent: dict[int, int] = {}
         """group -> bytes of snapshots this node sent its peers (what moving it cost)."""
+        self.locks = LockOps(self)
+        self.current_origin: Connection | None = None
+        """The connection whose request `dispatch` is handling (lock waits belong to it)."""
         self.membership = Membership(self)
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
@@ -109,6 +113,7 @@ class Node:
             "join": self.membership.op_join, "node_state": self.membership.op_node_state,
             "report": self.membership.op_report,
             "shard_change": self.membership.op_shard_change,
+            **self.locks.ops(),
         }
         self._started = False
         self.storage: NodeStorage | None = None
@@ -223,7 +228,7 @@ class Node:
         try:
             await connection.serve()
         finally:
-            self.connections.discard(connection)
+            self.connection_closed(connection)
 
     # ---------------------------------------------------------------------- inputs
 
@@ -267,7 +272,9 @@ class Node:
     def drop_replica(self, group: int) -> None:
         """This node left the group: forget the replica and everything stored for it."""
         replica = self.replicas.pop(group)
-        replica.fail_all(WrongShard(f"node {self.id} no longer holds group {group}"))
+        gone = WrongShard(f"node {self.id} no longer holds group {group}")
+        replica.fail_all(gone)
+        self.locks.on_replica_dropped(group, gone)
         self._dirty.discard(group)
         assert self.storage is not None
         self.storage.drop(group)
@@ -415,8 +422,10 @@ class Node:
 
     # --------------------------------------------------------------------- requests
 
-    def dispatch(self, body: dict[str, Any], reply: Reply) -> None:
+    def dispatch(self, body: dict[str, Any], reply: Reply,
+                 origin: Connection | None = None) -> None:
         self.counters["requests"] += 1
+        self.current_origin = origin
         op = body.get("op")
         if op in META_OPS:
             body["shard"] = META_GROUP
@@ -429,6 +438,8 @@ class Node:
                 handler(body, reply)
         except RequestError as error:
             reply(None, error)
+        finally:
+            self.current_origin = None
 
     def _forward(self, body: dict[str, Any], reply: Reply) -> bool:
         """Any node takes any request: one for a shard this node does not lead goes on to
@@ -494,6 +505,10 @@ class Node:
                 reply(result, None)
                 return
 
+    def connection_closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self.locks.on_disconnect(connection)
+
     def _replica(self, shard: int) -> ShardReplica[Any]:
         replica = self.replicas.get(shard)
         if replica is None:
@@ -504,10 +519,14 @@ class Node:
                              version=cmap.version)
         return replica
 
+    replica = _replica
+
     def _propose(self, shard: int, command: bytes, reply: Reply) -> None:
         replica = self._replica(shard)
         replica.propose(command, reply)
         self._mark(shard)
+
+    propose = _propose
 
     def _read(self, shard: int, body: dict[str, Any], serve: Callable[[ShardReplica[Any]], Any],
               reply: Reply) -> None:
@@ -538,13 +557,15 @@ class Node:
         client, seq = rq.checked_session(body)
         lease = rq.field(body, "lease", int, 0)
         prev = rq.field(body, "prev", bool, False)
-        self._propose(shard, encode("put", client, seq, key, value, lease, prev), reply)
+        self._propose(shard, encode("put", client, seq, key, value, lease, prev,
+                                    *rq.checked_fence(body)), reply)
 
     def _op_delete(self, body: dict[str, Any], reply: Reply) -> None:
         shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
         client, seq = rq.checked_session(body)
         prev = rq.field(body, "prev", bool, False)
-        self._propose(shard, encode("delete", client, seq, key, prev), reply)
+        self._propose(shard, encode("delete", client, seq, key, prev, *rq.checked_fence(body)),
+                      reply)
 
     def _op_cas(self, body: dict[str, Any], reply: Reply) -> None:
         shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
@@ -561,8 +582,8 @@ class Node:
         if then not in ("put", "delete"):
             raise BadRequest(f"cas then must be put or delete, not {then!r}")
         value = rq.checked_value(body, self.config.max_value_bytes) if then == "put" else b""
-        self._propose(shard, encode("cas", client, seq, key, target, expected, then, value),
-                      reply)
+        self._propose(shard, encode("cas", client, seq, key, target, expected, then, value,
+                                    *rq.checked_fence(body)), reply)
 
     def _op_lease_grant(self, body: dict[str, Any], reply: Reply) -> None:
         shard = rq.checked_shard(body, self.config.shards)
@@ -606,7 +627,13 @@ class Node:
         self._mark(shard)
 
     def _expire_leases(self, replica: ShardReplica[Any], now: float) -> None:
+        """Expire, on this leader's clock, the leases not kept alive. A new leadership
+        (even this node's own, again) starts every clock afresh from now: deadlines
+        set under an earlier term might be older than keepalives another leader heard."""
         deadlines = replica.lease_deadlines
+        if replica.lease_clock_term != replica.raft.term:
+            deadlines.clear()
+            replica.lease_clock_term = replica.raft.term
         for lease, (ttl_ms, _) in replica.sm.leases.items():
             if lease not in deadlines:  # granted under an earlier leader: clock starts now
                 deadlines[lease] = now + ttl_ms / 1000

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+from ringlock import errors
 from ringlock.errors import CommandFailed, NotLeader, ProposalDropped, RequestError, Unavailable
 from ringlock.raft.config import RaftConfig
 from ringlock.raft.core import Raft
@@ -24,6 +25,7 @@ from ringlock.raft.messages import (
     Role,
     Snapshot,
 )
+from ringlock.statemachine import locks
 from ringlock.statemachine.kv import ShardStateMachine
 
 
@@ -35,6 +37,16 @@ class Machine(Protocol):
     def apply(self, index: int, command: bytes) -> Any: ...
 
     def snapshot(self) -> bytes: ...
+
+
+class ApplyListener(Protocol):
+    """Told of what a replica applies: the node's open lock waits (`LockOps`)."""
+
+    def after_apply(self, replica: Any, result: Any) -> None: ...
+
+    def after_restore(self, replica: Any) -> None: ...
+
+    def on_leadership_lost(self, replica: Any) -> None: ...
 
 
 M = TypeVar("M", bound=Machine)
@@ -85,6 +97,10 @@ class ShardReplica(Generic[M]):
         self.lease_deadlines: dict[int, float] = {}
         """Leader only: lease id -> monotonic deadline, kept in the leader's memory as
         etcd does; a new leader starts every lease's clock afresh."""
+        self.lease_clock_term = 0
+        """The term whose leadership `lease_deadlines` were set in."""
+        self.listener: ApplyListener | None = None
+        self._leading = False
 
     # ------------------------------------------------------------------ requests
 
@@ -152,6 +168,9 @@ class ShardReplica(Generic[M]):
             self.sm = self._restore(rd.snapshot.data)
             covered = rd.snapshot.meta.index
             self._fail_proposals(lambda index: index <= covered)
+            if self.listener is not None:
+                self.listener.after_restore(self)
+        listener = self.listener
         for entry in rd.committed_entries:
             data = entry.data if entry.kind == EntryKind.NORMAL else b""
             result = self.sm.apply(entry.index, data)
@@ -165,6 +184,8 @@ class ShardReplica(Generic[M]):
                         reply(result, None)
                 else:
                     reply(None, Unavailable(f"shard {self.shard}: leadership changed"))
+            if listener is not None:  # after the proposer's answer: it may open a wait
+                listener.after_apply(self, result)
         for read_state in rd.read_states:
             read = self._reads.pop(read_state.request_id, None)
             if read is not None:
@@ -181,7 +202,11 @@ class ShardReplica(Generic[M]):
         if rd.snapshot is not None:
             self.raft.log.forget_snapshot_data()  # it is in its file now
         self._serve_reads()
-        if self.raft.role != Role.LEADER and self._proposals:
+        leading = self.raft.role == Role.LEADER
+        if self._leading and not leading and self.listener is not None:
+            self.listener.on_leadership_lost(self)
+        self._leading = leading
+        if not leading and self._proposals:
             # A deposed leader's entries may still commit (under the new leader) or be
             # overwritten; we cannot tell which, so the client must retry with the same
             # request id, and de-duplication makes the retry safe.
@@ -228,4 +253,13 @@ class ShardReplica(Generic[M]):
 
 
 def _command_failed(error: Exception) -> RequestError:
+    """The state machine's refusal, under the client-facing class of the same kind."""
+    for kind, cls in _REFUSALS:
+        if isinstance(error, kind):
+            return cls(str(error))
     return CommandFailed(str(error))
+
+
+_REFUSALS: tuple[tuple[type[Exception], type[RequestError]], ...] = (
+    (locks.FencedOut, errors.FencedOut), (locks.NotHolder, errors.NotHolder),
+    (locks.LockLimitExceeded, errors.LockLimitExceeded))

@@ -13,6 +13,7 @@ from typing import Any
 from ringlock.errors import BadRequest, RequestError, TooLarge, WrongShard
 from ringlock.sharding.keys import shard_of
 from ringlock.statemachine.kv import KeyValue
+from ringlock.statemachine.locks import MAX_LOCK_NAME_BYTES
 
 CONSISTENCIES = ("linearizable", "stale")
 MAX_SCAN_LIMIT = 10_000
@@ -61,6 +62,19 @@ def checked_session(body: dict[str, Any]) -> tuple[int, int]:
     if not (0 <= client < 2**63 and 0 <= seq < 2**63):
         raise BadRequest("client and seq must be in 0..2**63-1")
     return client, seq
+
+
+def checked_fence(body: dict[str, Any]) -> list[list[Any]]:
+    """The optional `fence`, [lock name, token], as the trailing argument of a write
+    command: [] when absent, so an unfenced command keeps its shape."""
+    fence = body.get("fence")
+    if fence is None:
+        return []
+    if (not isinstance(fence, list) or len(fence) != 2 or not isinstance(fence[0], bytes)
+            or not fence[0] or len(fence[0]) > MAX_LOCK_NAME_BYTES
+            or type(fence[1]) is not int or not 0 < fence[1] < 2**63):
+        raise BadRequest("fence must be [lock name (1..1024 bytes), token (a positive int)]")
+    return [fence]
 
 
 def checked_consistency(body: dict[str, Any]) -> str:

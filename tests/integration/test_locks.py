@@ -1,0 +1,149 @@
+"""The lock service on a real cluster: FIFO grants pushed to waiters, fencing tokens,
+timeouts that leave the queue, lost locks that are loud, and lease TTLs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from ringlock import FencedOut, NotHolder
+from ringlock.client import AsyncClient
+from ringlock.devcluster import DevCluster
+
+
+def test_a_lock_is_exclusive_fifo_and_its_tokens_grow(cluster: DevCluster) -> None:
+    async def run() -> None:
+        clients = [AsyncClient(cluster.addresses) for _ in range(4)]
+        try:
+            first = clients[0].lock("jobs/1", ttl=5)
+            assert await first.acquire()
+            assert first.locked() and first.valid and first.token
+            order: list[int] = []
+            tokens: list[int] = []
+
+            async def wait(i: int) -> None:
+                lock = clients[i].lock("jobs/1", ttl=5)
+                async with lock as held:
+                    order.append(i)
+                    assert held.token is not None
+                    tokens.append(held.token)
+                    await clients[i].put("jobs/1/owner", str(i), fence=held)
+
+            waiters = []
+            for i in (1, 2, 3):  # queued in this order: each waits until the last queued
+                waiters.append(asyncio.ensure_future(wait(i)))
+                await _until_queued(clients[0], b"jobs/1", i)
+            assert not await clients[0].lock("jobs/1", ttl=5).acquire(blocking=False)
+            await first.release()
+            await asyncio.wait_for(asyncio.gather(*waiters), 20)
+            assert order == [1, 2, 3]
+            assert tokens == sorted(tokens) and tokens[0] > (first.token or 0) - 1
+            assert await clients[0].get("jobs/1/owner") == b"3"
+            assert await clients[0].locks() == []
+        finally:
+            for client in clients:
+                await client.close()
+
+    asyncio.run(run())
+
+
+def test_a_stale_token_is_fenced_out_on_another_shard(cluster: DevCluster) -> None:
+    with cluster.client() as client:
+        with client.lock("printer", ttl=5) as held:
+            old = held.token
+            assert old is not None
+            assert client.put("far/away/key", "1", fence=held) is None
+        with client.lock("printer", ttl=5) as again:
+            assert again.token is not None and again.token > old
+            client.put("far/away/key", "2", fence=again)
+        with pytest.raises(FencedOut):
+            client.put("far/away/key", "3", fence=("printer", old))
+        with pytest.raises(FencedOut):
+            client.delete("far/away/key", fence=("printer", old))
+        assert client.get("far/away/key") == b"2"
+
+
+def test_a_waiter_that_times_out_leaves_the_queue(cluster: DevCluster) -> None:
+    with cluster.client() as client:
+        holder = client.lock("busy", ttl=5)
+        assert holder.acquire()
+        impatient = client.lock("busy", ttl=5)
+        started = time.monotonic()
+        assert impatient.acquire(timeout=0.5) is False
+        assert 0.45 < time.monotonic() - started < 3
+        [state] = client.locks()
+        assert state.name == b"busy" and state.waiters == []
+        assert state.token == holder.token and state.ttl_remaining is not None
+        holder.release()
+        assert client.locks() == []
+
+
+def test_threads_of_one_process_take_turns(cluster: DevCluster) -> None:
+    with cluster.client() as client:
+        lock = client.lock("counter", ttl=5)
+        client.put("counter/value", "0")
+
+        def bump() -> None:
+            for _ in range(5):
+                with lock as held:
+                    value = int(client.get("counter/value") or b"0")
+                    client.put("counter/value", str(value + 1), fence=held)
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert client.get("counter/value") == b"20"
+
+
+def test_a_lost_lease_makes_the_lock_invalid_loudly(cluster: DevCluster) -> None:
+    lost: list[str] = []
+    with cluster.client() as client, cluster.client() as other:
+        lock = client.lock("fragile", ttl=1, on_lost=lambda held: lost.append(held.lost_reason))
+        assert lock.acquire()
+        session = lock._inner._session
+        assert session is not None
+        other.revoke(session.lease)  # what an expiry on the cluster does
+        deadline = time.monotonic() + 10
+        while not lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lost and "expired" in lost[0] and not lock.valid
+        with pytest.raises(FencedOut):
+            client.put("fragile/data", "x", fence=lock)
+        with pytest.raises(NotHolder):
+            lock.release()
+        with other.lock("fragile", ttl=5) as next_holder:
+            assert next_holder.valid
+
+
+def test_lease_ttl_remaining_counts_down_and_keepalive_restores_it(
+        cluster: DevCluster) -> None:
+    with cluster.client() as client:
+        lease = client.grant_lease(3)
+        first = client.ttl_remaining(lease)
+        assert 2.0 < first <= 3.0
+        time.sleep(0.6)
+        later = client.ttl_remaining(lease)
+        assert later < first
+        client.keepalive(lease)
+        assert client.ttl_remaining(lease) > later
+
+
+async def _queue_length(client: AsyncClient, name: bytes) -> int:
+    for state in await client.locks():
+        if state.name == name:
+            return len(state.waiters)
+    return -1
+
+
+async def _until_queued(client: AsyncClient, name: bytes, waiters: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if await _queue_length(client, name) == waiters:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"lock {name!r} never had {waiters} waiters")
