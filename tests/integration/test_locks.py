@@ -4,6 +4,10 @@ timeouts that leave the queue, lost locks that are loud, and lease TTLs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -147,3 +151,35 @@ async def _until_queued(client: AsyncClient, name: bytes, waiters: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"lock {name!r} never had {waiters} waiters")
+
+
+def test_the_lock_command_runs_a_command_holding_the_lock_and_passes_the_token(
+        cluster: DevCluster) -> None:
+    env = {**os.environ, "RINGLOCK_CLUSTER": cluster.cluster}
+    script = ('echo "$RINGLOCK_LOCK_NAME $RINGLOCK_FENCE_TOKEN"; '
+              f'{sys.executable} -m ringlock locks --json; '
+              f'{sys.executable} -m ringlock put cli/fenced yes --fenced')
+    done = subprocess.run([sys.executable, "-m", "ringlock", "lock", "cli/job", "--ttl", "5",
+                           "--", "sh", "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    first, listing, ok = done.stdout.strip().splitlines()
+    name, token = first.split()
+    assert name == "cli/job" and int(token) > 0
+    [row] = json.loads(listing)
+    assert row["name"] == "cli/job" and row["token"] == int(token) and row["waiters"] == []
+    assert ok == "OK"
+    with cluster.client() as client:
+        assert client.get("cli/fenced") == b"yes"
+        with client.lock("cli/job", ttl=5) as held:
+            assert held.token is not None and held.token > int(token)
+            client.put("cli/fenced", "second", fence=held)  # the key's shard sees it
+    stale = subprocess.run([sys.executable, "-m", "ringlock", "put", "cli/fenced", "no",
+                            "--fenced"], env={**env, "RINGLOCK_LOCK_NAME": "cli/job",
+                                              "RINGLOCK_FENCE_TOKEN": token},
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert stale.returncode == 1 and "FencedOut" in stale.stderr
+    busy = subprocess.run([sys.executable, "-m", "ringlock", "lock", "cli/job", "-w", "0.3",
+                           "--", "true"], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert busy.returncode == 0  # free again: acquired at once

@@ -32,16 +32,31 @@ def _fail(error: RequestError) -> None:
 @click.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--fenced", is_flag=True,
+              help="Fence the write with $RINGLOCK_LOCK_NAME and $RINGLOCK_FENCE_TOKEN (set "
+                   "by `ringlock lock`): refused once a newer holder of the lock exists.")
 @cluster_option
 @timeout_option
-def put(key: str, value: str, cluster: str | None, timeout: float) -> None:
+def put(key: str, value: str, fenced: bool, cluster: str | None, timeout: float) -> None:
     """Set KEY to VALUE."""
+    fence = _fence_from_env() if fenced else None
     with _client(cluster, timeout) as client:
         try:
-            client.put(key, value)
+            client.put(key, value, fence=fence)
         except RequestError as error:
             _fail(error)
     click.echo("OK")
+
+
+def _fence_from_env() -> tuple[str, int]:
+    import os
+
+    name = os.environ.get("RINGLOCK_LOCK_NAME", "")
+    token = os.environ.get("RINGLOCK_FENCE_TOKEN", "")
+    if not name or not token.isdigit() or int(token) < 1:
+        raise click.UsageError("--fenced needs RINGLOCK_LOCK_NAME and a positive "
+                               "RINGLOCK_FENCE_TOKEN (run under `ringlock lock`)")
+    return name, int(token)
 
 
 @click.command()

@@ -8,6 +8,7 @@ from ringlock.cli.bench import bench
 from ringlock.cli.demo import demo
 from ringlock.cli.dev import dev
 from ringlock.cli.kv import delete, get, node, put, scan, status
+from ringlock.cli.locks import lock, locks_command
 from ringlock.cli.serve import serve
 from ringlock.cli.sim import sim
 
@@ -18,7 +19,8 @@ def cli() -> None:
     """ringlock: a sharded, replicated key-value store and lock service."""
 
 
-for command in (sim, demo, serve, dev, put, get, delete, scan, status, node, bench):
+for command in (sim, demo, serve, dev, put, get, delete, scan, status, node, lock,
+                locks_command, bench):
     cli.add_command(command)
 
 

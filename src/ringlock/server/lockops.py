@@ -83,7 +83,9 @@ class LockOps:
 
         def acquired(result: Any, error: RequestError | None) -> None:
             if error is None and isinstance(result, Acquired) and result.status == "queued":
-                self._hold_open(replica, name, waiter, reply, origin)
+                # Read the state now rather than trust `result`: a retried acquire gets the
+                # recorded answer of the first, and the waiter may have been granted since.
+                self._attach(replica, name, waiter, reply, origin)
                 return
             reply(result, error)
 
@@ -96,17 +98,7 @@ class LockOps:
         origin = self.node.current_origin
         replica = self.node.replica(shard)
 
-        def attach() -> None:
-            status = replica.sm.locks.status(name, waiter)
-            if status is None:
-                reply(None, LockWaitAborted(f"waiter {waiter} is not queued for lock {name!r}"
-                                            " (its lease ended, or it was cancelled)"))
-            elif status.status == "queued":
-                self._hold_open(replica, name, waiter, reply, origin)
-            else:
-                reply(status, None)
-
-        replica.read(attach, reply)
+        replica.read(lambda: self._attach(replica, name, waiter, reply, origin), reply)
         self.node.mark(shard)
 
     def op_release(self, body: dict[str, Any], reply: Reply) -> None:
@@ -155,6 +147,18 @@ class LockOps:
         self.node.mark(shard)
 
     # ---------------------------------------------------------------- open waits
+
+    def _attach(self, replica: ShardReplica[Any], name: bytes, waiter: int, reply: Reply,
+                origin: Connection | None) -> None:
+        """Answer from the waiter's status now: granted, or gone; queued, hold it open."""
+        status = replica.sm.locks.status(name, waiter)
+        if status is None:
+            reply(None, LockWaitAborted(f"waiter {waiter} is not queued for lock {name!r}"
+                                        " (its lease ended, or it was cancelled)"))
+        elif status.status == "queued":
+            self._hold_open(replica, name, waiter, reply, origin)
+        else:
+            reply(status, None)
 
     def _hold_open(self, replica: ShardReplica[Any], name: bytes, waiter: int, reply: Reply,
                    origin: Connection | None) -> None:
