@@ -308,7 +308,10 @@ class AsyncLock:
             try:
                 status, value = call.result()
             except LockWaitAborted:
-                attach = False  # our lease ended or the wait was cancelled: queue again
+                # Our lease ended or the wait was cancelled: queue again, at the back,
+                # as a new waiter (what the cluster saw of the old one is over).
+                waiter = client.new_waiter_id()
+                attach = False
                 body = {}
                 continue
             except RequestTimeout:

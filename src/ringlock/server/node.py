@@ -659,6 +659,8 @@ class Node:
             "counters": dict(self.counters),
             "wal": dataclasses.asdict(storage.stats) if storage is not None else None,
             "map_version": self.membership.map.version,
+            "lock_waits_open": self.locks.open_count,
+            "lock_grants_pushed": self.locks.pushed,
             **self.membership.status(),
         }, None)
 

@@ -31,6 +31,8 @@ class RpcConnection:
         self._flush_scheduled = False
         self._connecting: asyncio.Future[None] | None = None
         self.broken = False
+        self.frames_in = 0
+        """Frames received: what tests count to show one release wakes one waiter."""
 
     async def connect(self) -> None:
         if self._writer is not None:
@@ -59,6 +61,7 @@ class RpcConnection:
                 if not data:
                     break
                 for body in decoder.feed(data):
+                    self.frames_in += 1
                     self._deliver(body)
         except (OSError, FrameError) as error:
             reason = f"connection to {self.address} failed: {error}"
