@@ -430,6 +430,7 @@ def test_random_lock_traffic_keeps_the_invariants_and_fifo_order(
             shard = shard.restored()
         shard.machine.locks.check_all()
         info = shard.machine.locks_info()
-        assert {i.name: [i.holder.waiter] + [w.waiter for w in i.queue] for i in info} == model.locks
+        queues = {i.name: [i.holder.waiter, *(q.waiter for q in i.queue)] for i in info}
+        assert queues == model.locks
         assert all(i.holder.token == last_token[i.name] for i in info)
         assert all(lease == _lease_of(w) for i in info for w, lease, _ in i.queue)
