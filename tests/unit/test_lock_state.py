@@ -22,7 +22,7 @@ from ringlock.statemachine.kv import (
     NotHolder,
     encode,
 )
-from ringlock.statemachine.locks import Holder, LockInfo
+from ringlock.statemachine.locks import Holder, LockInfo, Waiter
 
 
 class Shard:
@@ -54,7 +54,7 @@ def test_a_free_lock_is_granted_and_later_waiters_queue_in_order() -> None:
     assert shard("lock_acquire", b"L", 2, 20) == ("queued", 1)
     assert shard("lock_acquire", b"L", 3, 30) == ("queued", 2)
     assert shard.machine.locks_info() == [
-        LockInfo(b"L", Holder(10, 1, granted.value), [(20, 2), (30, 3)])]
+        LockInfo(b"L", [Holder(10, 1, granted.value)], [Waiter(20, 2, "x"), Waiter(30, 3, "x")])]
 
 
 def test_release_grants_the_next_waiter_in_fifo_order() -> None:
@@ -80,7 +80,7 @@ def test_acquire_again_by_the_same_waiter_reports_its_status() -> None:
     assert shard("lock_acquire", b"L", 3, 30) == ("queued", 2)
     assert isinstance(shard("lock_acquire", b"L", 1, 30), StateMachineError)  # other lease
     assert shard.machine.revision == revision
-    assert [w for w, _ in shard.machine.locks_info()[0].queue] == [20, 30]
+    assert [w.waiter for w in shard.machine.locks_info()[0].queue] == [20, 30]
 
 
 def test_acquire_without_a_live_lease_is_refused_and_changes_nothing() -> None:
@@ -109,7 +109,7 @@ def test_cancel_leaves_the_queue_and_a_holder_cancelling_releases() -> None:
     assert shard("lock_cancel", b"L", 20) is None
     assert shard("lock_cancel", b"L", 20) is None  # no longer there: nothing
     assert shard("lock_cancel", b"nothing", 20) is None
-    assert [w for w, _ in shard.machine.locks_info()[0].queue] == [30]
+    assert [w.waiter for w in shard.machine.locks_info()[0].queue] == [30]
     grant = shard("lock_cancel", b"L", 10)
     assert (grant.waiter, grant.lease) == (30, 3)
     assert shard("lock_cancel", b"L", 30) is None
@@ -121,7 +121,7 @@ def test_a_try_acquire_of_a_held_lock_answers_busy_and_does_not_queue() -> None:
     shard = _shard_with_leases(1, 2)
     token = shard("lock_acquire", b"L", 1, 10, True).value
     assert shard("lock_acquire", b"L", 2, 20, False) == ("busy", 0)
-    assert shard.machine.locks_info() == [LockInfo(b"L", Holder(10, 1, token), [])]
+    assert shard.machine.locks_info() == [LockInfo(b"L", [Holder(10, 1, token)], [])]
     assert shard("lock_acquire", b"L", 1, 10, False) == ("granted", token)  # its own
     assert shard("lock_acquire", b"L", 2, 20, True, True).__class__ is StateMachineError
 
@@ -134,7 +134,7 @@ def test_a_queued_only_cancel_leaves_the_queue_but_never_releases() -> None:
     assert shard.machine.locks.status(b"L", 10) == ("granted", token)
     assert shard("lock_cancel", b"L", 20, True) is None
     assert shard.machine.locks.status(b"L", 20) is None
-    assert shard.machine.locks_info() == [LockInfo(b"L", Holder(10, 1, token), [])]
+    assert shard.machine.locks_info() == [LockInfo(b"L", [Holder(10, 1, token)], [])]
 
 
 def test_departures_count_cancels_and_lease_ends_but_not_releases() -> None:
@@ -167,8 +167,9 @@ def test_revoking_a_lease_drops_its_holds_and_waits_and_hands_the_locks_on() -> 
     assert [(g.name, g.waiter, g.lease) for g in result.grants] == [(b"A", 20, 2)]
     assert result.grants[0].token == shard.machine.revision
     assert shard.machine.locks_info() == [
-        LockInfo(b"A", Holder(20, 2, result.grants[0].token), []),
-        LockInfo(b"B", Holder(21, 2, shard.machine.locks_info()[1].holder.token), [(30, 3)]),
+        LockInfo(b"A", [Holder(20, 2, result.grants[0].token)], []),
+        LockInfo(b"B", [Holder(21, 2, shard.machine.locks_info()[1].holder.token)],
+                 [Waiter(30, 3, "x")]),
     ]
     assert 1 not in shard.machine.locks.by_lease
     shard.machine.locks.check_all()
@@ -429,6 +430,7 @@ def test_random_lock_traffic_keeps_the_invariants_and_fifo_order(
             shard = shard.restored()
         shard.machine.locks.check_all()
         info = shard.machine.locks_info()
-        assert {i.name: [i.holder.waiter] + [w for w, _ in i.queue] for i in info} == model.locks
+        queues = {i.name: [i.holder.waiter, *(q.waiter for q in i.queue)] for i in info}
+        assert queues == model.locks
         assert all(i.holder.token == last_token[i.name] for i in info)
-        assert all(lease == _lease_of(w) for i in info for w, lease in i.queue)
+        assert all(lease == _lease_of(w) for i in info for w, lease, _ in i.queue)

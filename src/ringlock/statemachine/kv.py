@@ -13,11 +13,15 @@ as a command carrying the leader's clock), never from a clock read here.
     returns the recorded result and changes nothing, so a retried write applies once.
     A client's entries are dropped when its session (a lease) ends.
   * Locks (`ringlock.statemachine.locks`): FIFO queues of waiters, each under a lease
-    of this shard; a grant's fencing token is the shard's revision, raised by one. A
-    lease's revoke drops its holds and waits and hands the freed locks on.
-  * put, delete and cas may carry a trailing fence [lock name, token]: a token lower
-    than the highest seen for that lock is refused (`FencedOut`) and changes nothing;
-    a fence that passes (even on a cas whose compare fails) raises the highest seen.
+    of this shard; a lock is exclusive, read-write (shared and exclusive holders) or
+    a semaphore (up to `limit` holders); each grant's fencing token is the shard's
+    revision, raised by one. A lease's revoke drops its holds and waits and hands the
+    freed locks on.
+  * put, delete and cas may carry a trailing fence [lock name, token] or [lock name,
+    token, mode]: a token lower than the highest seen for that lock (for a shared or
+    semaphore token: the highest seen in exclusive mode) is refused (`FencedOut`) and
+    changes nothing; a fence that passes (even on a cas whose compare fails) raises
+    the highest seen (and, if exclusive, the highest exclusive).
 
 Commands, `[op, client, seq, *args]` (see `encode`), and their results:
 
@@ -26,16 +30,33 @@ Commands, `[op, client, seq, *args]` (see `encode`), and their results:
     cas key target expected then value [fence]   True if the compare held
     lease_grant lease ttl_ms                 lease
     lease_revoke lease                       LeaseRevoked: an int (keys deleted) with
-                                             .grants, the locks handed on (Grant list)
+                                             .grants, the locks handed on (Grant list,
+                                             by lock name, each lock's in grant order)
     session_end client                       None
-    lock_acquire name lease waiter [queue]   Acquired ("granted", token) or
+    lock_acquire name lease waiter [queue [mode [limit]]]
+                                             Acquired ("granted", token) or
                                              ("queued", position), 1 = next in line;
-                                             with queue false, ("busy", 0) if held
-    lock_release name waiter                 Grant to the next waiter, or None if the
-                                             lock is free; NotHolder if not held by it
-    lock_cancel name waiter [queued_only]    as lock_release for the holder (unless
-                                             queued_only); None for a queued waiter
-                                             (it leaves) or a stranger
+                                             with queue false, ("busy", 0) if it
+                                             cannot be granted at once
+    lock_release name waiter                 what it handed on: None, a Grant, or
+                                             Grants (several, in grant order);
+                                             NotHolder if not held by it
+    lock_cancel name waiter [queued_only]    as lock_release for a holder (unless
+                                             queued_only); for a queued waiter (it
+                                             leaves) what that let in, usually None;
+                                             None for a stranger
+
+  Lock modes (`mode`, a string; default "x") and `limit` (an int; default 1):
+    "x"  exclusive: one holder (a plain lock, or a read-write lock's writer); limit 1
+    "s"  shared: a read-write lock's reader; any number of "s" holders, never with an
+         "x" holder; limit 1
+    "n"  a semaphore slot: up to `limit` (1..MAX_SEMAPHORE_LIMIT) holders, all "n";
+         every acquirer of a held semaphore must pass its limit
+  A held lock is either a read-write lock ("x"/"s") or a semaphore ("n"): an acquire
+  in the other kind, or with another limit, is refused (StateMachineError). Grants go
+  from the head of the FIFO queue only: a reader arriving while readers hold is
+  granted at once only if nobody waits; when holders leave, the head is granted and
+  the next while compatible (a run of readers; semaphore waiters up to the limit).
 
 Errors are returned, not raised (StateMachineError and its kinds: FencedOut,
 NotHolder, LockLimitExceeded), and a command that errs changes nothing.
@@ -56,6 +77,7 @@ from ringlock.statemachine.locks import (
     Acquired,
     FencedOut,
     Grant,
+    Grants,
     LockInfo,
     LockLimitExceeded,
     LockTable,
@@ -73,8 +95,8 @@ by a clock). A forgotten client's retry of a write older than 10,000 other clien
 writes could apply twice; its session ending (`session_end`) forgets it at once."""
 
 
-__all__ = ["Acquired", "Compare", "FencedOut", "Grant", "KeyValue", "LeaseRevoked",
-           "LockInfo", "LockLimitExceeded", "NotHolder", "ShardStateMachine",
+__all__ = ["Acquired", "Compare", "FencedOut", "Grant", "Grants", "KeyValue",
+           "LeaseRevoked", "LockInfo", "LockLimitExceeded", "NotHolder", "ShardStateMachine",
            "StateMachineError", "encode"]
 
 
@@ -136,7 +158,8 @@ class ShardStateMachine:
         return len(self.data)
 
     def locks_info(self) -> list[LockInfo]:
-        """Every held lock, by name: holder (waiter, lease, token) and queue in order."""
+        """Every held lock, by name: holders (waiter, lease, token) in grant order, queue
+        (waiter, lease, mode) in order, the holders' mode and the limit."""
         return self.locks.describe()
 
     def scan(self, prefix: bytes, limit: int, after: bytes = b"") -> list[KeyValue]:
@@ -192,11 +215,14 @@ class ShardStateMachine:
             (lease,) = args
             return self._revoke(lease)
         if op == "lock_acquire":
-            name, lease, waiter, *queue = args
-            _at_most_one("lock_acquire", queue)
+            name, lease, waiter, *optional = args
+            if len(optional) > 3:
+                raise StateMachineError(f"'lock_acquire' takes three optional arguments "
+                                        f"(queue, mode, limit), got {len(optional)}")
             if lease not in self.leases:
                 raise StateMachineError(f"lease {lease} not found (expired or revoked)")
-            return self.locks.acquire(name, lease, waiter, *map(bool, queue[:1]))
+            queue = bool(optional[0]) if optional else True
+            return self.locks.acquire(name, lease, waiter, queue, *optional[1:])
         if op == "lock_release":
             name, waiter = args
             return self.locks.release(name, waiter)
@@ -337,8 +363,9 @@ class ShardStateMachine:
 
 
 SNAPSHOT_FORMAT = 3
-"""Snapshot layout: 3 = format 2 and the lock table; 2 = keys as (key, packed record)
-pairs; 1 (no marker) = records. All three restore."""
+"""Snapshot layout: 3 = format 2 and the lock table (whose record has its own format,
+`locks.LOCK_RECORD_FORMAT`); 2 = keys as (key, packed record) pairs; 1 (no marker) =
+records. All three restore."""
 _FENCED_ARITY = {"put": 4, "delete": 2, "cas": 5}
 """Arguments of the writes that take a fence, the fence not counted."""
 _ERROR_KINDS: dict[str, type[StateMachineError]] = {
@@ -370,6 +397,8 @@ def _to_record(result: Any) -> Any:
         return ["revoked", int(result), [list(grant) for grant in result.grants]]
     if isinstance(result, Grant):
         return ["grant", *result]
+    if isinstance(result, Grants):
+        return ["grants", [list(grant) for grant in result]]
     if isinstance(result, Acquired):
         return ["acquired", *result]
     return ["value", result]
@@ -385,6 +414,8 @@ def _from_record(record: Any) -> Any:
         return LeaseRevoked(record[1], tuple(Grant(*grant) for grant in record[2]))
     if kind == "grant":
         return Grant(*record[1:])
+    if kind == "grants":
+        return Grants(Grant(*grant) for grant in record[1])
     if kind == "acquired":
         return Acquired(*record[1:])
     return record[1]
