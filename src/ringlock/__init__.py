@@ -27,7 +27,8 @@ from ringlock.errors import (
 )
 
 __all__ = [
-    "AsyncClient", "AsyncLock", "BadRequest", "Client", "FencedOut", "InvariantViolation",
+    "AsyncClient", "AsyncLock", "BadRequest", "Client", "DistributedHashTable",
+    "DistributedLock", "FencedOut", "InvariantViolation",
     "Lock", "LockWaitAborted", "NotFound", "NotHolder", "NotLeader", "RequestError",
     "RequestTimeout", "RinglockError", "TooLarge", "Unavailable", "WrongShard",
 ]
@@ -39,4 +40,8 @@ def __getattr__(name: str) -> Any:
         from ringlock import client
 
         return getattr(client, name)
+    if name in ("DistributedLock", "DistributedHashTable"):
+        from ringlock import article
+
+        return getattr(article, name)
     raise AttributeError(f"module 'ringlock' has no attribute {name!r}")

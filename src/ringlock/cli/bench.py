@@ -1,5 +1,6 @@
-"""`ringlock bench`: W1 put, W2 linearizable get, W3 50/50 mix, on a cluster it starts
-(or one named with --cluster), with a progress bar and a final table."""
+"""`ringlock bench`: W1 put, W2 linearizable get, W3 50/50 mix, L1 uncontended lock
+pairs, L2 contended lock cycles (with handoff latency), on a cluster it starts (or one
+named with --cluster), with a progress bar and a final table."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from ringlock.benchmark import kv
+from ringlock.benchmark.locks import run_lock_workload
 from ringlock.benchmark.rebalance import rebalance_bench
 from ringlock.devcluster import DevCluster, free_base_port
 
@@ -19,7 +21,11 @@ from ringlock.devcluster import DevCluster, free_base_port
 @click.command()
 @click.option("--cluster", default=None, help="host:port,... of a running cluster "
               "(default: start a fresh 3-node cluster in a temporary directory).")
-@click.option("--workloads", default="W1,W2,W3", show_default=True)
+@click.option("--workloads", default="W1,W2,W3", show_default=True,
+              help="W1 put, W2 get, W3 mix, L1 uncontended lock pairs over 1,000 names, "
+                   "L2 contended cycles on one lock (--contenders clients).")
+@click.option("--contenders", type=click.IntRange(2, 1000), default=16, show_default=True,
+              help="L2: clients contending for the one lock.")
 @click.option("--seconds", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
 @click.option("--in-flight", type=click.IntRange(1, 10_000), default=64, show_default=True)
 @click.option("--keys", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
@@ -39,12 +45,13 @@ from ringlock.devcluster import DevCluster, free_base_port
                    "rebalance, its bytes, and client p99 during it against at rest "
                    "(needs no --cluster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON too.")
-def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, keys: int,
-          processes: int, shards: int, no_fsync: bool, idle_seconds: float, memory_keys: int,
-          failovers: int, rebalance_keys: int, as_json: bool) -> None:
+def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
+          in_flight: int, keys: int, processes: int, shards: int, no_fsync: bool,
+          idle_seconds: float, memory_keys: int, failovers: int, rebalance_keys: int,
+          as_json: bool) -> None:
     """Measure throughput and latency. A benchmark, not a test."""
     names = [w.strip().upper() for w in workloads.split(",") if w.strip()]
-    unknown = [w for w in names if w not in kv.WORKLOADS]
+    unknown = [w for w in names if w not in kv.WORKLOADS and w not in LOCK_WORKLOADS]
     if unknown:
         raise click.UsageError(f"unknown workloads {unknown}; known: {sorted(kv.WORKLOADS)}")
     with tempfile.TemporaryDirectory(prefix="ringlock-bench-") as tmp:
@@ -61,8 +68,13 @@ def bench(cluster: str | None, workloads: str, seconds: float, in_flight: int, k
         else:
             addresses = cluster.split(",")
         try:
-            report = _run(addresses, dev, names, seconds, in_flight, keys, processes,
-                          idle_seconds, memory_keys)
+            report = _run(addresses, dev, [n for n in names if n in kv.WORKLOADS], seconds,
+                          in_flight, keys, processes, idle_seconds, memory_keys)
+            for name in [n for n in names if n in LOCK_WORKLOADS]:
+                click.echo(f"{name} ({LOCK_WORKLOADS[name]}) for {seconds:g} s ...")
+                report["results"].append(run_lock_workload(
+                    addresses, name, seconds=seconds, lanes=in_flight, contenders=contenders,
+                    processes=processes))
             if failovers and dev is not None:
                 report["failover"] = _failovers(dev, failovers)
             if rebalance_keys and dev is not None:
@@ -144,11 +156,17 @@ def _idle_cpu(dev: DevCluster, seconds: float) -> dict[str, float]:
             for n, pid in pids.items()}
 
 
+LOCK_WORKLOADS = {"L1": "uncontended acquire+release", "L2": "contended cycles"}
+
+
 def _print(report: dict[str, Any]) -> None:
     click.echo(f"\n{'workload':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for row in report["results"]:
-        click.echo(f"{row['workload']:<10}{row['ops_per_s']:>10}{row['p50_ms']:>10}"
-                   f"{row['p99_ms']:>10}{row['errors']:>8}")
+        p50 = row.get("p50_ms", row.get("pair_p50_ms", row.get("handoff_p50_ms")))
+        p99 = row.get("p99_ms", row.get("pair_p99_ms", row.get("handoff_p99_ms")))
+        what = {"L1": "  (acquire+release pair)", "L2": "  (handoff: release to next grant)"}
+        click.echo(f"{row['workload']:<10}{row['ops_per_s']:>10}{p50!s:>10}"
+                   f"{p99!s:>10}{row['errors']:>8}{what.get(row['workload'], '')}")
     if "idle_cpu_percent" in report:
         click.echo(f"idle CPU per node (% of a core): {report['idle_cpu_percent']}")
     if "failover" in report:

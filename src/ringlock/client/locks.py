@@ -78,8 +78,8 @@ class LockState:
 
     @staticmethod
     def from_wire(shard: int, raw: Any) -> LockState:
-        name, (holder, lease, token), queue, left_ms = raw
-        return LockState(name, shard, holder, lease, token, [tuple(w) for w in queue],
+        name, (holder, lease, token, *_), queue, left_ms = raw
+        return LockState(name, shard, holder, lease, token, [(w[0], w[1]) for w in queue],
                          None if left_ms is None else left_ms / 1000)
 
 

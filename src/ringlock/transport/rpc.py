@@ -39,6 +39,9 @@ class RpcConnection:
             return
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
+            # Every caller may have been cancelled (a lock wait moving on): the failure
+            # is still read here, so asyncio does not report it as never retrieved.
+            self._connecting.add_done_callback(_retrieve)
         await asyncio.shield(self._connecting)
 
     async def _open(self) -> None:
@@ -129,6 +132,11 @@ class RpcConnection:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _expire(future: asyncio.Future[Any], timeout: float) -> None:
