@@ -16,9 +16,9 @@ import asyncio
 import os
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringlock.errors import (
     ConfigError,
@@ -33,6 +33,9 @@ from ringlock.sharding.keys import shard_of
 from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import KeyValue
 from ringlock.transport.rpc import RpcConnection
+
+if TYPE_CHECKING:
+    from ringlock.client.watch import Watch
 
 DEFAULT_CLUSTER = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
 """Where `ringlock dev` puts its nodes; used when nothing else names a cluster."""
@@ -228,6 +231,15 @@ class AsyncClient:
     async def revoke(self, lease: Lease, *, timeout: float | None = None) -> int:
         return int(await self._shard_call(lease.shard, self._session(
             {"op": "lease_revoke", "shard": lease.shard, "lease": lease.id}), timeout))
+
+    # ---------------------------------------------------------------------- watches
+
+    def watch(self, key: Key | None = None, *, prefix: Key | None = None,
+              start_revision: int | Mapping[int, int] | None = None) -> Watch:
+        """The changes of `key`, or of every key under `prefix`: see client/watch.py."""
+        from ringlock.client.watch import Watch
+
+        return Watch(self, key, prefix=prefix, start_revision=start_revision)
 
     # ---------------------------------------------------------------------- cluster
 
