@@ -148,7 +148,8 @@ class Watch:
         return event
 
     async def get(self, timeout: float | None = None) -> WatchEvent:
-        """The next event; TimeoutError if none comes within `timeout` seconds."""
+        """The next event; TimeoutError if none comes within `timeout` seconds,
+        StopAsyncIteration once the watch is closed."""
         return await asyncio.wait_for(self.__anext__(), timeout)
 
     async def start(self) -> Watch:
@@ -334,6 +335,9 @@ class SyncWatch:
         return SyncWatch(asyncio.run_coroutine_threadsafe(start(), loop).result(), loop)
 
     def _run(self, coro: Any) -> Any:
+        if self._loop.is_closed():  # the client was closed, and the watch with it
+            coro.close()
+            raise StopAsyncIteration
         future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro,
                                                                                   self._loop)
         return future.result()
@@ -349,8 +353,12 @@ class SyncWatch:
         return event
 
     def get(self, timeout: float | None = None) -> WatchEvent:
-        """The next event; TimeoutError if none comes within `timeout` seconds."""
-        event: WatchEvent = self._run(self._watch.get(timeout))
+        """The next event; TimeoutError if none comes within `timeout` seconds,
+        StopIteration once the watch is closed."""
+        try:
+            event: WatchEvent = self._run(self._watch.get(timeout))
+        except StopAsyncIteration:
+            raise StopIteration from None
         return event
 
     @property
