@@ -231,7 +231,7 @@ class Watch:
                     "exact": self._exact, "start_revision": self.next_revisions.get(shard, 0)}
             try:
                 stream = await client._connection(address).stream(
-                    body, min(ATTEMPT_TIMEOUT_S, remaining))
+                    body, min(ATTEMPT_TIMEOUT_S, remaining), cancel=_cancel_request)
             except NotLeader as error:
                 last = error
                 if error.version > client._map.version:
@@ -314,7 +314,11 @@ class Watch:
 
 
 def _cancel(stream: RpcStream) -> dict[str, Any]:
-    return {"op": "watch_cancel", "watch": stream.id}
+    return _cancel_request(stream.id)
+
+
+def _cancel_request(watch_id: int) -> dict[str, Any]:
+    return {"op": "watch_cancel", "watch": watch_id}
 
 
 class SyncWatch:

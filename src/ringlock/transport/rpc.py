@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from ringlock.address import parse_address
@@ -130,11 +131,13 @@ class RpcConnection:
             timer.cancel()
             self._waiting.pop(request_id, None)
 
-    async def stream(self, body: dict[str, Any], timeout: float) -> RpcStream:
+    async def stream(self, body: dict[str, Any], timeout: float, *,
+                     cancel: Callable[[int], dict[str, Any]] | None = None) -> RpcStream:
         """Send `body` and return its stream of frames. The first is the answer
         (`{"ok": ...}`, kept as the stream's `answer`), awaited here for `timeout`; more
         follow until the node ends the stream (an error or `{"end": true}`) or it is
-        closed. A broken connection ends it with Unavailable."""
+        closed. A broken connection ends it with Unavailable. `cancel(id)` is the request
+        that ends the stream on the node, sent if its answer does not come in time."""
         if self._writer is None:
             await asyncio.wait_for(self.connect(), timeout)
         if self.broken or self._writer is None:
@@ -147,7 +150,7 @@ class RpcConnection:
         try:
             stream.answer = (await stream.next(timeout)).get("ok")
         except BaseException:
-            stream.forget()
+            stream.close(None if cancel is None else cancel(request_id))
             raise
         return stream
 
