@@ -173,6 +173,19 @@ def test_bad_watch_requests_are_refused_and_change_nothing(shared: DevCluster) -
     asyncio.run(run())
 
 
+def test_closing_the_client_ends_its_watches(shared: DevCluster) -> None:
+    async def run() -> None:
+        client = AsyncClient(shared.addresses)
+        watch = await client.watch(prefix="q/").start()
+        await client.close()
+        with pytest.raises(StopAsyncIteration):
+            await watch.get(1.0)
+        await asyncio.sleep(0.2)
+        assert not client._connections, "a closed client's watch reconnected"
+
+    asyncio.run(run())
+
+
 def test_a_start_older_than_the_history_is_compacted(shared: DevCluster) -> None:
     """A restart restores every replica from its snapshot: its history starts there."""
     async def run_writes() -> int:

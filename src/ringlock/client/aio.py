@@ -135,6 +135,8 @@ class AsyncClient:
         self._map_lock: asyncio.Lock | None = None
         self._rng = random.Random()
         self.retries = 0
+        self._watches: set[Watch] = set()
+        """Open watches (client/watch.py), closed with the client."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -143,6 +145,8 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        for watch in list(self._watches):  # before the connections they would reopen
+            await watch.close()
         connections, self._connections = self._connections, {}
         for connection in connections.values():
             await connection.close()

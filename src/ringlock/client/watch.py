@@ -165,6 +165,7 @@ class Watch:
         if self._closed:
             return
         self._closed = True
+        self._client._watches.discard(self)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -179,6 +180,7 @@ class Watch:
 
     async def _start(self) -> None:
         client = self._client
+        client._watches.add(self)
         await client._ensure_map(None)
         shards = client._map.shards
         if self._exact or hash_part(self._prefix) != self._prefix:
