@@ -159,3 +159,29 @@ ERROR_CODES: dict[str, type[RequestError]] = {
                 CommandFailed, NotFound, FencedOut, NotHolder, LockLimitExceeded,
                 LockWaitAborted)
 }
+
+
+# --------------------------------------------------------------------------- watches
+# Errors that end a watch stream (server/watches.py, client/watch.py).
+
+
+class Compacted(RequestError):
+    """A watch asked to start at a revision older than the shard still remembers;
+    `floor`: every change above it is remembered, so start at `floor + 1` or later
+    (re-read the keys first: changes in between are lost to this watch)."""
+
+    code = "Compacted"
+
+    def __init__(self, message: str = "revision compacted", *, floor: int = 0) -> None:
+        super().__init__(message)
+        self.floor = floor
+
+
+class WatchLagged(Unavailable):
+    """The node ended a watch whose connection fell too far behind in reading its
+    events; the client resumes it from its last revision."""
+
+    code = "WatchLagged"
+
+
+ERROR_CODES.update({cls.code: cls for cls in (Compacted, WatchLagged)})

@@ -16,9 +16,9 @@ import asyncio
 import os
 import random
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringlock.client.locks import (
     DEFAULT_LOCK_TTL_S,
@@ -41,6 +41,9 @@ from ringlock.sharding.keys import shard_of
 from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import KeyValue
 from ringlock.transport.rpc import RpcConnection
+
+if TYPE_CHECKING:
+    from ringlock.client.watch import Watch
 
 DEFAULT_CLUSTER = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
 """Where `ringlock dev` puts its nodes; used when nothing else names a cluster."""
@@ -144,6 +147,8 @@ class AsyncClient:
         self.sessions = LockSessions(self)
         """The leases this client's locks wait and hold under, kept alive in the
         background: one per (shard, TTL)."""
+        self._watches: set[Watch] = set()
+        """Open watches (client/watch.py), closed with the client."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -152,6 +157,8 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        for watch in list(self._watches):  # before the connections they would reopen
+            await watch.close()
         await self.sessions.close()
         connections, self._connections = self._connections, {}
         for connection in connections.values():
@@ -282,6 +289,14 @@ class AsyncClient:
         found = [LockState.from_wire(shard, raw)
                  for shard, part in enumerate(await asyncio.gather(*calls)) for raw in part]
         return sorted(found, key=lambda lock: lock.name)
+    # ---------------------------------------------------------------------- watches
+
+    def watch(self, key: Key | None = None, *, prefix: Key | None = None,
+              start_revision: int | Mapping[int, int] | None = None) -> Watch:
+        """The changes of `key`, or of every key under `prefix`: see client/watch.py."""
+        from ringlock.client.watch import Watch
+
+        return Watch(self, key, prefix=prefix, start_revision=start_revision)
 
     # ---------------------------------------------------------------------- cluster
 

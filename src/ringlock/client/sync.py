@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from ringlock.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, Key, Lease, ShardMap, to_bytes
 from ringlock.client.locks import DEFAULT_LOCK_TTL_S, AsyncLock, Fence, LockState
+from ringlock.client.watch import SyncWatch
 from ringlock.errors import RequestError
 from ringlock.statemachine.kv import KeyValue
 
@@ -120,6 +121,13 @@ class Client:
 
     def shard_map(self) -> ShardMap:
         return self._run_sync(self._aio.shard_map())
+
+    def watch(self, key: Key | None = None, *, prefix: Key | None = None,
+              start_revision: int | Mapping[int, int] | None = None) -> SyncWatch:
+        """An iterator of the changes of `key` or under `prefix` (see client/watch.py),
+        open when this returns; close() it when done."""
+        return SyncWatch.open(self._aio, self._loop, key, prefix=prefix,
+                              start_revision=start_revision)
 
     def dict(self, prefix: Key = b"") -> KeyValueMapping:
         """A `MutableMapping` view of the keys under `prefix` (keys given without it)."""

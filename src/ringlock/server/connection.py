@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ringlock.codec.frames import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from ringlock.errors import BadRequest, NotLeader, RequestError, TooLarge, WrongShard
 from ringlock.server.requests import encode_result, error_body
+from ringlock.server.watches import WATCH_OPS
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
@@ -61,6 +62,7 @@ class Connection:
         except (ConnectionError, OSError):
             pass
         finally:
+            self.node.watches.drop_connection(self)
             self.flush()
             self.closed = True
             self.writer.close()
@@ -86,6 +88,9 @@ class Connection:
             return
         if body.get("op") == "hello":
             self._hello(request_id, body)
+            return
+        if body.get("op") in WATCH_OPS:  # streams, bounded on their own: server/watches.py
+            self.node.watches.request(self, request_id, body)
             return
         if self.inflight >= self.node.config.max_inflight_per_connection:
             limit = self.node.config.max_inflight_per_connection

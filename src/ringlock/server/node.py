@@ -50,6 +50,7 @@ from ringlock.server.connection import Connection
 from ringlock.server.lockops import LockOps
 from ringlock.server.membership import Membership
 from ringlock.server.replica import Reply, ShardReplica
+from ringlock.server.watches import WatchHub
 from ringlock.sharding.meta import META_GROUP, REMOVED
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
@@ -119,6 +120,8 @@ class Node:
         self.storage: NodeStorage | None = None
         self._forward_connections: dict[str, RpcConnection] = {}
         self._relays: set[asyncio.Task[None]] = set()
+        self.watches = WatchHub(self)
+        """Watch streams (server/watches.py): fed after each replica applies entries."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -275,6 +278,7 @@ class Node:
         gone = WrongShard(f"node {self.id} no longer holds group {group}")
         replica.fail_all(gone)
         self.locks.on_replica_dropped(group, gone)
+        self.watches.on_dropped(group)
         self._dirty.discard(group)
         assert self.storage is not None
         self.storage.drop(group)
@@ -361,6 +365,7 @@ class Node:
                             later.append(message)
                     rd.messages = later
                 replica.apply(rd)
+                self.watches.on_applied(replica)  # watch streams: server/watches.py
                 batch.append((replica, rd))
             if storage.pending():
                 # What may leave before the fsync does: a leader's appends, and answers

@@ -9,6 +9,8 @@ as a command carrying the leader's clock), never from a clock read here.
     revision that created it, the revision of its last change, and its version
     (number of changes since creation), as etcd does.
   * A key may be attached to a lease; revoking or expiring the lease deletes its keys.
+  * Every change of a key (put, delete, and the deletes of an ended lease, "expire")
+    is also remembered, bounded, in `history` for watches (statemachine/history.py).
   * A write carries (client id, request seq). A seq already applied for that client
     returns the recorded result and changes nothing, so a retried write applies once.
     A client's entries are dropped when its session (a lease) ends.
@@ -73,6 +75,7 @@ from typing import Any
 import msgpack
 
 from ringlock.invariant import invariant
+from ringlock.statemachine.history import DELETE, EXPIRE, PUT, WatchHistory
 from ringlock.statemachine.locks import (
     Acquired,
     FencedOut,
@@ -147,6 +150,8 @@ class ShardStateMachine:
         self.dedup: dict[int, dict[int, Any]] = {}
         """client id -> {request seq -> result}."""
         self.locks = LockTable(self._next_revision)
+        self.history = WatchHistory()
+        """Recent key changes for watches (statemachine/history.py); not in snapshots."""
 
     # ------------------------------------------------------------------ reading
 
@@ -284,9 +289,11 @@ class ShardStateMachine:
                                         previous.version + 1, lease) + value
         if lease:
             self.leases[lease][1].add(key)
+        self.history.record(self.revision, PUT, key, value, lease)
         return previous if prev_kv else None
 
-    def _delete(self, key: bytes, prev_kv: bool) -> KeyValue | bool | None:
+    def _delete(self, key: bytes, prev_kv: bool, ended_lease: int = 0) -> KeyValue | bool | None:
+        """`ended_lease`: the key goes because that lease ended (an `expire` change)."""
         raw = self.data.pop(key, None)
         if raw is None:
             return None if prev_kv else False
@@ -294,6 +301,10 @@ class ShardStateMachine:
         previous = _unpack(key, raw)
         if previous.lease in self.leases:
             self.leases[previous.lease][1].discard(key)
+        if ended_lease:
+            self.history.record(self.revision, EXPIRE, key, None, ended_lease)
+        else:
+            self.history.record(self.revision, DELETE, key, None, previous.lease)
         return previous if prev_kv else True
 
     def _compare(self, key: bytes, compare: Compare) -> bool:
@@ -312,7 +323,7 @@ class ShardStateMachine:
             raise StateMachineError(f"lease {lease} not found")
         _, keys = entry
         for key in sorted(keys):
-            self._delete(key, False)
+            self._delete(key, False, lease)
         return LeaseRevoked(len(keys), tuple(self.locks.drop_lease(lease)))
 
     # ---------------------------------------------------------------- snapshots
@@ -354,6 +365,7 @@ class ShardStateMachine:
                 machine.locks = LockTable.from_record(rest[0], machine._next_revision)
         machine.revision = revision
         machine.applied_index = applied
+        machine.history = WatchHistory(floor=revision)  # the past before it is gone
         machine.leases = {lease: (ttl, set(attached)) for lease, ttl, attached in leases}
         machine.dedup = {client: dict(map(tuple, results)) for client, results in dedup}
         invariant(machine.locks.last_token <= machine.revision, "a lock token above revision")

@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from ringlock.address import parse_address
 from ringlock.codec.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
-from ringlock.errors import ERROR_CODES, NotLeader, RequestError, Unavailable, WrongShard
+from ringlock.errors import (
+    ERROR_CODES,
+    Compacted,
+    NotLeader,
+    RequestError,
+    Unavailable,
+    WrongShard,
+)
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -25,6 +33,8 @@ class RpcConnection:
         self.max_frame_bytes = max_frame_bytes
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, RpcStream] = {}
+        """Stream calls (`stream`): one request id, many frames."""
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
@@ -74,6 +84,10 @@ class RpcConnection:
     def _deliver(self, body: Any) -> None:
         if not isinstance(body, dict):
             return
+        stream = self._streams.get(body.get("id", 0))
+        if stream is not None:
+            stream._push(body)
+            return
         future = self._waiting.pop(body.get("id", 0), None)
         if future is None:
             if body.get("id") == 0 and "err" in body:  # the node refused the stream
@@ -92,6 +106,9 @@ class RpcConnection:
         for future in waiting.values():
             if not future.done():
                 future.set_exception(Unavailable(reason))
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._end(Unavailable(reason))
         if self._writer is not None:
             self._writer.close()
 
@@ -120,6 +137,39 @@ class RpcConnection:
             timer.cancel()
             self._waiting.pop(request_id, None)
 
+    async def stream(self, body: dict[str, Any], timeout: float, *,
+                     cancel: Callable[[int], dict[str, Any]] | None = None) -> RpcStream:
+        """Send `body` and return its stream of frames. The first is the answer
+        (`{"ok": ...}`, kept as the stream's `answer`), awaited here for `timeout`; more
+        follow until the node ends the stream (an error or `{"end": true}`) or it is
+        closed. A broken connection ends it with Unavailable. `cancel(id)` is the request
+        that ends the stream on the node, sent if its answer does not come in time."""
+        if self._writer is None:
+            await asyncio.wait_for(self.connect(), timeout)
+        if self.broken or self._writer is None:
+            raise Unavailable(f"connection to {self.address} is broken")
+        request_id = next(self._ids)
+        body["id"] = request_id
+        stream = RpcStream(self, request_id)
+        self._streams[request_id] = stream
+        self.send(body)
+        try:
+            stream.answer = (await stream.next(timeout)).get("ok")
+        except BaseException:
+            stream.close(None if cancel is None else cancel(request_id))
+            raise
+        return stream
+
+    def send(self, body: dict[str, Any]) -> None:
+        """Send `body` without waiting for an answer (one that comes is dropped)."""
+        if self.broken or self._writer is None:
+            return
+        body.setdefault("id", next(self._ids))
+        self._out.append(encode_frame(body, max_frame_bytes=self.max_frame_bytes))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self._writer is not None and not self.broken:
@@ -137,6 +187,65 @@ class RpcConnection:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+class RpcStream:
+    """The frames answering one stream call, in order. `next` returns a frame's body,
+    raises the error an error frame carries (and the stream is over), raises
+    `StreamEnded` after an end frame, and `Unavailable` if the connection broke."""
+
+    def __init__(self, connection: RpcConnection, request_id: int) -> None:
+        self.connection = connection
+        self.id = request_id
+        self._frames: asyncio.Queue[dict[str, Any] | RequestError] = asyncio.Queue()
+        self.ended = False
+        self.answer: Any = None
+
+    def _push(self, body: dict[str, Any]) -> None:
+        if "err" in body:
+            error = error_from(body)
+            if isinstance(error, Compacted) and type(body.get("floor")) is int:
+                error.floor = body["floor"]
+            self._end(error)
+        elif body.get("end"):
+            self._end(StreamEnded(f"stream {self.id} ended"))
+        else:
+            self._frames.put_nowait(body)
+
+    def _end(self, error: RequestError) -> None:
+        if not self.ended:
+            self.ended = True
+            self.forget()
+            self._frames.put_nowait(error)
+
+    async def next(self, timeout: float | None = None) -> dict[str, Any]:
+        item = (await asyncio.wait_for(self._frames.get(), timeout) if timeout is not None
+                else await self._frames.get())
+        if isinstance(item, RequestError):
+            self._frames.put_nowait(item)  # every later call raises it too
+            raise item
+        return item
+
+    def forget(self) -> None:
+        """Stop taking this stream's frames (those still coming are dropped)."""
+        if self.connection._streams.get(self.id) is self:
+            del self.connection._streams[self.id]
+
+    def close(self, cancel: dict[str, Any] | None = None) -> None:
+        """Stop listening, and send `cancel` (which must name this stream) if the node
+        still thinks it is open."""
+        self.forget()
+        if not self.ended:
+            self.ended = True
+            self._frames.put_nowait(StreamEnded(f"stream {self.id} closed"))
+            if cancel is not None:
+                self.connection.send(cancel)
+
+
+class StreamEnded(RequestError):
+    """The node ended a stream (or the client closed it): no more frames."""
+
+    code = "StreamEnded"
 
 
 def _expire(future: asyncio.Future[Any], timeout: float) -> None:
