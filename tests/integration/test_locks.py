@@ -183,3 +183,75 @@ def test_the_lock_command_runs_a_command_holding_the_lock_and_passes_the_token(
                            "--", "true"], env=env, capture_output=True, text=True,
                           timeout=30, check=False)
     assert busy.returncode == 0  # free again: acquired at once
+
+
+def test_readers_share_a_writer_waits_and_a_semaphore_admits_its_limit(
+        cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client:
+            rw = client.rwlock("config", ttl=5)
+            first, second = rw.read(), rw.read()
+            assert await first.acquire() and await second.acquire(blocking=False)
+            writer = rw.write()
+            assert not await writer.acquire(blocking=False)
+            waiting = asyncio.ensure_future(writer.acquire())
+            await _until_queued(client, b"config", 1)
+            late_reader = rw.read()  # behind the waiting writer: it must not overtake
+            assert not await late_reader.acquire(blocking=False)
+            await client.put("config/value", "r", fence=first)  # readers do not fence
+            await client.put("config/value", "r2", fence=second)  # each other out
+            first_token, second_token = first.token, second.token
+            await first.release()
+            assert not waiting.done()
+            await second.release()
+            assert await asyncio.wait_for(waiting, 10)
+            assert writer.token is not None and second_token is not None
+            assert writer.token > second_token
+            await client.put("config/value", "w", fence=writer)
+            with pytest.raises(FencedOut):  # a later writer fences the readers out
+                await client.put("config/value", "stale", fence=("config", first_token, "s"))
+            await writer.release()
+
+            slots = [client.semaphore("gpus", 2, ttl=5) for _ in range(3)]
+            assert await slots[0].acquire() and await slots[1].acquire()
+            assert not await slots[2].acquire(timeout=0.3)
+            third = asyncio.ensure_future(slots[2].acquire())
+            await _until_queued(client, b"gpus", 1)
+            await slots[0].release()
+            assert await asyncio.wait_for(third, 10)
+            await slots[1].release()
+            await slots[2].release()
+            assert await client.locks() == []
+
+    asyncio.run(run())
+
+
+def test_an_election_has_one_leader_and_the_next_candidate_follows(
+        cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as a, AsyncClient(cluster.addresses) as b:
+            first, second = a.election("scheduler", ttl=5), b.election("scheduler", ttl=5)
+            seen: list[bytes | None] = []
+
+            async def observe() -> None:
+                async for leader in a.election("scheduler").observe():
+                    seen.append(leader)
+                    if len(seen) == 3:
+                        return
+
+            observer = asyncio.ensure_future(observe())
+            await asyncio.sleep(0.3)  # the watch is open before the first campaign
+            assert await first.campaign("node-a")
+            assert await first.leader() == b"node-a"
+            follower = asyncio.ensure_future(second.campaign("node-b"))
+            await _until_queued(a, b"{election/scheduler}", 1)
+            assert not follower.done() and await second.leader() == b"node-a"
+            await first.resign()
+            assert await asyncio.wait_for(follower, 10)
+            assert await first.leader() == b"node-b"
+            await asyncio.wait_for(observer, 10)
+            assert seen == [b"node-a", None, b"node-b"]
+            await second.resign()
+            assert await second.leader() is None
+
+    asyncio.run(run())

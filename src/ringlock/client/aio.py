@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ringlock.client.election import AsyncElection
 from ringlock.client.locks import (
     DEFAULT_LOCK_TTL_S,
     AsyncLock,
+    AsyncReadWriteLock,
     Fence,
     LockSessions,
     LockState,
@@ -280,6 +282,21 @@ class AsyncClient:
         client cannot renew it in time, `held.valid` turns false, `on_lost(held)` is
         called, and fenced writes are refused (see docs/LOCKS.md)."""
         return AsyncLock(self, to_bytes(name), ttl=ttl, on_lost=on_lost)
+
+    def rwlock(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S) -> AsyncReadWriteLock:
+        """Many readers or one writer, FIFO, writers not starved:
+        `async with client.rwlock("cfg").read() as held: ...`."""
+        return AsyncReadWriteLock(self, to_bytes(name), ttl)
+
+    def semaphore(self, name: Key, limit: int, *, ttl: float = DEFAULT_LOCK_TTL_S,
+                  on_lost: Callable[[AsyncLock], None] | None = None) -> AsyncLock:
+        """One slot of a counting semaphore of `limit` slots, FIFO."""
+        return AsyncLock(self, to_bytes(name), ttl=ttl, on_lost=on_lost, mode="n",
+                         limit=limit)
+
+    def election(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S) -> AsyncElection:
+        """Leader election on `name` (see client/election.py)."""
+        return AsyncElection(self, to_bytes(name), ttl)
 
     async def locks(self, *, timeout: float | None = None) -> list[LockState]:
         """Every lock held in the cluster: holder, token, waiters, the lease's TTL left."""

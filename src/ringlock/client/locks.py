@@ -89,14 +89,16 @@ def fence_field(fence: Fence | None) -> dict[str, Any]:
         return {}
     pair = fence.fence_pair() if hasattr(fence, "fence_pair") else fence
     try:
-        name, token = pair
+        name, token, *rest = pair
+        if len(rest) > 1:
+            raise ValueError("a fence has a name, a token and perhaps a mode")
     except (TypeError, ValueError) as error:
         raise TypeError("fence is a held lock or a (lock name, token) pair") from error
     if isinstance(name, str):
         name = name.encode()
     if not isinstance(name, bytes) or type(token) is not int or token < 1:
         raise TypeError("fence is a held lock or a (lock name, token) pair")
-    return {"fence": [name, token]}
+    return {"fence": [name, token, *rest]}
 
 
 class LockSession:
@@ -215,7 +217,8 @@ class AsyncLock:
     `AsyncClient.lock`). One handle is one holder: acquire it, release it, again."""
 
     def __init__(self, client: AsyncClient, name: bytes, *, ttl: float,
-                 on_lost: Callable[[AsyncLock], None] | None) -> None:
+                 on_lost: Callable[[AsyncLock], None] | None, mode: str = "x",
+                 limit: int = 1) -> None:
         if not ttl >= MIN_LOCK_TTL_S:
             raise ValueError(f"a lock's ttl must be at least {MIN_LOCK_TTL_S} s, got {ttl}")
         if not name:
@@ -224,6 +227,9 @@ class AsyncLock:
         self.name = name
         self.ttl_ms = round(ttl * 1000)
         self.on_lost = on_lost
+        self.mode = mode
+        """"x" exclusive, "s" a read-write lock's reader, "n" a semaphore's slot."""
+        self.limit = limit
         self.token: int | None = None
         """The fencing token of the current hold: larger than every earlier grant's."""
         self.waiter = 0
@@ -246,14 +252,17 @@ class AsyncLock:
         `valid`). Who holds a lock elsewhere: `AsyncClient.locks()`."""
         return self.token is not None
 
-    def fence_pair(self) -> tuple[bytes, int]:
-        """(name, token) for a fenced write; FencedOut if the hold is not sure."""
+    def fence_pair(self) -> tuple[Any, ...]:
+        """(name, token[, mode]) for a fenced write; FencedOut if the hold is not sure.
+        A reader's or a semaphore slot's fence is refused only after a later writer's
+        grant: holders that share a lock do not fence each other out."""
         if self.token is None:
             raise FencedOut(f"lock {self.name!r} is not held by this handle")
         if not self.valid:
             raise FencedOut(f"lock {self.name!r} (token {self.token}) may be lost: "
                             f"{self.lost_reason or 'its lease TTL ran out'}")
-        return self.name, self.token
+        return (self.name, self.token) if self.mode == "x" else (
+            self.name, self.token, self.mode)
 
     async def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Wait for the lock (FIFO) and hold it; False if `timeout` seconds passed first,
@@ -290,7 +299,8 @@ class AsyncLock:
             elif not body or body["op"] != "lock_acquire" or body["lease"] != session.lease.id:
                 body = client.with_session({
                     "op": "lock_acquire", "shard": shard, "name": self.name,
-                    "lease": session.lease.id, "waiter": waiter, "wait": blocking})
+                    "lease": session.lease.id, "waiter": waiter, "wait": blocking,
+                    "mode": self.mode, "limit": self.limit})
             route = client.route_changed(shard)
             call = asyncio.ensure_future(client.shard_call(
                 shard, body, remaining, attempt_timeout=remaining))
@@ -365,3 +375,18 @@ class AsyncLock:
         except RequestError:
             if kind is None:  # a lost lock is loud, unless something louder is on its way
                 raise
+
+
+class AsyncReadWriteLock:
+    """The two sides of one read-write lock; each call gives a fresh handle."""
+
+    def __init__(self, client: AsyncClient, name: bytes, ttl: float) -> None:
+        self.client = client
+        self.name = name
+        self.ttl = ttl
+
+    def read(self, on_lost: Callable[[AsyncLock], None] | None = None) -> AsyncLock:
+        return AsyncLock(self.client, self.name, ttl=self.ttl, on_lost=on_lost, mode="s")
+
+    def write(self, on_lost: Callable[[AsyncLock], None] | None = None) -> AsyncLock:
+        return AsyncLock(self.client, self.name, ttl=self.ttl, on_lost=on_lost, mode="x")

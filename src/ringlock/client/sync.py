@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Mu
 from typing import Any, TypeVar
 
 from ringlock.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, Key, Lease, ShardMap, to_bytes
+from ringlock.client.election import AsyncElection
 from ringlock.client.locks import DEFAULT_LOCK_TTL_S, AsyncLock, Fence, LockState
 from ringlock.client.watch import SyncWatch
 from ringlock.errors import RequestError
@@ -113,6 +114,24 @@ class Client:
     def locks(self, *, timeout: float | None = None) -> list[LockState]:
         return self._run_sync(self._aio.locks(timeout=timeout))
 
+    def rwlock(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S) -> ReadWriteLock:
+        """Many readers or one writer, first come first served (writers do not starve):
+
+            rw = client.rwlock("config")
+            with rw.read() as held: ...        # shares with other readers
+            with rw.write() as held: ...       # alone"""
+        return ReadWriteLock(self, name, ttl)
+
+    def semaphore(self, name: Key, limit: int, *, ttl: float = DEFAULT_LOCK_TTL_S,
+                  on_lost: Callable[[Lock], None] | None = None) -> Lock:
+        """One slot of a counting semaphore of `limit` slots (every user of `name` must
+        give the same limit): `with client.semaphore("gpu", 4): ...`."""
+        return Lock(self, self._aio.semaphore(name, limit, ttl=ttl), on_lost)
+
+    def election(self, name: Key, *, ttl: float = DEFAULT_LOCK_TTL_S) -> Election:
+        """Leader election on `name`: campaign, leader, observe, resign."""
+        return Election(self, self._aio.election(name, ttl=ttl))
+
     def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         return self._run_sync(self._aio.status(timeout=timeout))
 
@@ -184,7 +203,7 @@ class Lock:
     def locked(self) -> bool:
         return self._inner.locked()
 
-    def fence_pair(self) -> tuple[bytes, int]:
+    def fence_pair(self) -> tuple[Any, ...]:
         return self._inner.fence_pair()
 
     def __enter__(self) -> Lock:
@@ -197,6 +216,54 @@ class Lock:
         except RequestError:
             if kind is None:  # a lost lock is loud, unless something louder is on its way
                 raise
+
+
+class ReadWriteLock:
+    """The two sides of one read-write lock; each call gives a fresh handle."""
+
+    def __init__(self, client: Client, name: Key, ttl: float) -> None:
+        self._client = client
+        self.name = to_bytes(name)
+        self.ttl = ttl
+
+    def read(self, on_lost: Callable[[Lock], None] | None = None) -> Lock:
+        return Lock(self._client, AsyncLock(self._client._aio, self.name, ttl=self.ttl,
+                                            on_lost=None, mode="s"), on_lost)
+
+    def write(self, on_lost: Callable[[Lock], None] | None = None) -> Lock:
+        return Lock(self._client, AsyncLock(self._client._aio, self.name, ttl=self.ttl,
+                                            on_lost=None, mode="x"), on_lost)
+
+
+class Election:
+    """The blocking face of `AsyncElection`."""
+
+    def __init__(self, client: Client, inner: AsyncElection) -> None:
+        self._client = client
+        self._inner = inner
+
+    def campaign(self, value: Key, timeout: float = -1) -> bool:
+        return self._client._run_sync(self._inner.campaign(value, timeout))
+
+    def leader(self) -> bytes | None:
+        return self._client._run_sync(self._inner.leader())
+
+    def resign(self) -> None:
+        self._client._run_sync(self._inner.resign())
+
+    @property
+    def held(self) -> AsyncLock:
+        return self._inner.lock
+
+    def observe(self) -> Iterator[bytes | None]:
+        """Each change of leader (None: nobody leads), as it happens; close the
+        iterator (or leave the loop) to stop."""
+        watch = self._client.watch(self._inner.leader_key)
+        try:
+            for event in watch:
+                yield None if event.kind != "put" else event.value
+        finally:
+            watch.close()
 
 
 async def _make(cluster: str | Iterable[str] | None, timeout: float) -> AsyncClient:

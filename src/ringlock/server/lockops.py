@@ -29,7 +29,14 @@ from ringlock.raft.messages import Role
 from ringlock.server import requests as rq
 from ringlock.server.replica import Reply, ShardReplica
 from ringlock.statemachine.kv import encode
-from ringlock.statemachine.locks import MAX_LOCK_NAME_BYTES, Acquired, grants_of
+from ringlock.statemachine.locks import (
+    EXCLUSIVE,
+    MAX_LOCK_NAME_BYTES,
+    MAX_SEMAPHORE_LIMIT,
+    MODES,
+    Acquired,
+    grants_of,
+)
 
 if TYPE_CHECKING:
     from ringlock.server.connection import Connection
@@ -77,6 +84,13 @@ class LockOps:
         lease = rq.field(body, "lease", int)
         waiter = _checked_waiter(body)
         wait = rq.field(body, "wait", bool, True)
+        mode = rq.field(body, "mode", str, EXCLUSIVE)
+        limit = rq.field(body, "limit", int, 1)
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of {MODES}, got {mode!r}")
+        if not 1 <= limit <= MAX_SEMAPHORE_LIMIT:
+            raise BadRequest(f"limit must be in 1..{MAX_SEMAPHORE_LIMIT} "
+                             f"(MAX_SEMAPHORE_LIMIT), got {limit}")
         client, seq = rq.checked_session(body)
         origin = self.node.current_origin
         replica = self.node.replica(shard)
@@ -89,8 +103,8 @@ class LockOps:
                 return
             reply(result, error)
 
-        self.node.propose(shard, encode("lock_acquire", client, seq, name, lease, waiter, wait),
-                          acquired)
+        self.node.propose(shard, encode("lock_acquire", client, seq, name, lease, waiter, wait,
+                                        mode, limit), acquired)
 
     def op_wait(self, body: dict[str, Any], reply: Reply) -> None:
         shard, name = self._checked_name(body)

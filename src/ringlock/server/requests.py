@@ -13,7 +13,7 @@ from typing import Any
 from ringlock.errors import BadRequest, RequestError, TooLarge, WrongShard
 from ringlock.sharding.keys import shard_of
 from ringlock.statemachine.kv import KeyValue
-from ringlock.statemachine.locks import MAX_LOCK_NAME_BYTES
+from ringlock.statemachine.locks import MAX_LOCK_NAME_BYTES, MODES
 
 CONSISTENCIES = ("linearizable", "stale")
 MAX_SCAN_LIMIT = 10_000
@@ -70,10 +70,13 @@ def checked_fence(body: dict[str, Any]) -> list[list[Any]]:
     fence = body.get("fence")
     if fence is None:
         return []
-    if (not isinstance(fence, list) or len(fence) != 2 or not isinstance(fence[0], bytes)
+    if (not isinstance(fence, list) or len(fence) not in (2, 3)
+            or not isinstance(fence[0], bytes)
             or not fence[0] or len(fence[0]) > MAX_LOCK_NAME_BYTES
-            or type(fence[1]) is not int or not 0 < fence[1] < 2**63):
-        raise BadRequest("fence must be [lock name (1..1024 bytes), token (a positive int)]")
+            or type(fence[1]) is not int or not 0 < fence[1] < 2**63
+            or (len(fence) == 3 and fence[2] not in MODES)):
+        raise BadRequest("fence must be [lock name (1..1024 bytes), token (a positive int)"
+                         f"[, mode (one of {MODES})]]")
     return [fence]
 
 
