@@ -58,10 +58,21 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]
-            [sorted(self.data.items()), self.shard.snapshot()])
+            [SNAPSHOT_TAG, sorted(self.data.items()), self.shard.snapshot()])
 
     def restore(self, index: int, data: bytes) -> None:
-        items, shard = msgpack.unpackb(data)
+        """Either layout: tagged (pairs and the shard), or bare pairs, which the placement
+        simulator's meta adapter still writes (and reads back through here on boot)."""
+        fields = msgpack.unpackb(data)
+        if fields and fields[0] == SNAPSHOT_TAG:
+            _, items, shard = fields
+            self.shard = ShardStateMachine.restore(shard)
+        else:
+            items = fields
+            self.shard = ShardStateMachine()
         self.data = {key: value for key, value in items}
-        self.shard = ShardStateMachine.restore(shard)
         self.applied_index = index
+
+
+SNAPSHOT_TAG = "kv+shard"
+"""Marks a snapshot holding the shard state machine too (a bare one starts with a pair)."""

@@ -44,7 +44,7 @@ Recorded for the checks:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -93,6 +93,9 @@ class LockClient:
     """The current hold is in the history already (its end is decided)."""
     pending: ClientRequest | None = None
     """The request in flight on the main channel (keepalives go beside it)."""
+    attempts: list[int] = field(default_factory=list)
+    """Op ids of every attempt of the pending request: under load an answer can come
+    after the client tried again, and it is as good as the later attempt's."""
     deadline: int = 0
     """When the pending request, or a wait for a pushed grant, is given up."""
     paused_until: int = 0
@@ -250,7 +253,8 @@ class LockWorkload:
             if now < client.paused_until:
                 return  # stalled: no keepalives, no steps
             client.paused_until = 0
-            self._write(client)  # wakes up and writes with the token it had: fencing's case
+            # It wakes up and writes with the token it had, unchecked: fencing's case.
+            self._write(client, again=False)
             return
         leased = client.lease != 0 and client.phase != GRANTING
         if leased and now >= client.valid_until:
@@ -261,7 +265,7 @@ class LockWorkload:
         if client.pending is not None and now >= client.deadline:
             self._unknown(client)
         elif client.phase == WAITING and now >= client.deadline:
-            self._acquire(client)  # no push came: re-attach with the same waiter
+            self._acquire(client, again=False)  # no push came: re-attach with the same waiter
 
     def _step(self, client: LockClient) -> None:
         """Take the next action of the loop (a timer fired, or a reply asked for it)."""
@@ -270,52 +274,60 @@ class LockWorkload:
         phase = client.phase
         if phase == IDLE:
             client.lease = client.next_id()
-            client.grant_sent = 0
+            client.grant_sent = self.sim.now  # the first attempt may be the one that applies
             client.phase = GRANTING
-            self._send(client, "lease_grant", (client.lease, self.ttl // US_PER_MS))
+            self._send(client, "lease_grant", (client.lease, self.ttl // US_PER_MS),
+                       again=False)
         elif phase == GRANTING:
-            self._send(client, "lease_grant", (client.lease, self.ttl // US_PER_MS))
+            self._send(client, "lease_grant", (client.lease, self.ttl // US_PER_MS),
+                       again=True)
         elif phase == LEASED:
             client.lock = self.sim.rng.choice(self.names)
             client.waiter = client.next_id()
-            self._acquire(client)
+            self._acquire(client, again=False)
         elif phase == ACQUIRING:
-            self._acquire(client)
+            self._acquire(client, again=True)
         elif phase == HOLDING:
             if self.sim.now >= client.valid_until:
                 self._lose(client)
             else:
-                self._write(client)
+                self._write(client, again=False)
         elif phase == WRITING:
-            self._write(client)
+            self._write(client, again=True)
         elif phase == RELEASING:
-            self._send(client, "lock_release", (client.lock, client.waiter))
+            self._send(client, "lock_release", (client.lock, client.waiter), again=True)
 
-    def _acquire(self, client: LockClient) -> None:
+    def _acquire(self, client: LockClient, *, again: bool) -> None:
+        """Ask for the lock; asked again with the same waiter, it re-attaches: the answer
+        is where that waiter stands (granted with its token, or queued)."""
         client.phase = ACQUIRING
-        self._send(client, "lock_acquire", (client.lock, client.lease, client.waiter))
+        self._send(client, "lock_acquire", (client.lock, client.lease, client.waiter),
+                   again=again)
 
-    def _write(self, client: LockClient) -> None:
+    def _write(self, client: LockClient, *, again: bool) -> None:
         client.phase = WRITING
         value = msgpack.packb([client.id, client.token])
         self._send(client, "fenced_put", (client.lock, client.token, value),
-                   key="fence/" + client.lock.decode())
+                   key="fence/" + client.lock.decode(), again=again)
 
     def _release(self, client: LockClient) -> None:
         now = self.sim.now
         if not client.recorded:
             self._record(client, now if now < client.valid_until else None)
         client.phase = RELEASING
-        self._send(client, "lock_release", (client.lock, client.waiter))
+        self._send(client, "lock_release", (client.lock, client.waiter), again=False)
 
-    def _send(self, client: LockClient, kind: str, arg: Any, key: str = "") -> None:
+    def _send(self, client: LockClient, kind: str, arg: Any, key: str = "", *,
+              again: bool) -> None:
+        """Send a request; `again` marks another attempt at the pending one."""
         sim = self.sim
         sim.op_counter += 1
         request = _request(CLIENT_BASE + client.id, sim.op_counter, kind, key, arg)
         client.pending = request
-        client.deadline = sim.now + self.ttl // 2
-        if kind == "lease_grant" and not client.grant_sent:
-            client.grant_sent = sim.now  # the first attempt may be the one that applies
+        if not again:
+            client.attempts = []
+        client.attempts.append(request.op_id)
+        client.deadline = sim.now + sim.params.op_timeout_us
         client.leader_guess = sim.send_client_request(request, client.leader_guess)
 
     def _keepalive(self, client: LockClient, retries: int) -> None:
@@ -341,7 +353,7 @@ class LockWorkload:
         rng = sim.rng
         if sim.faults_on and rng.random() < sim.params.lock_pause_rate:
             self.pauses += 1
-            client.paused_until = sim.now + rng.randint(self.ttl // 2, 3 * self.ttl)
+            client.paused_until = sim.now + rng.randint(self.ttl // 2, 2 * self.ttl)
             client.step_gen += 1  # the stall swallows any step already due
             return
         self._later(client, rng.randint(0, MAX_HOLD_US))
@@ -371,8 +383,10 @@ class LockWorkload:
         if request.kind == "keepalive":
             self._on_keepalive(client, request, status, value)
             return
-        if client.pending is None or client.pending.op_id != request.op_id:
-            return  # an earlier attempt's answer, or the client moved on
+        if client.pending is None or request.op_id not in client.attempts:
+            return  # the client moved on
+        if status != "ok" and request.op_id != client.pending.op_id:
+            return  # an earlier attempt failed: the later one is under way
         if status == "unknown":
             self._unknown(client)
             return
