@@ -67,7 +67,6 @@ CLIENT_BASE = 1_000
 ID_STRIDE = 1_000_000
 """Lease and waiter ids are client * ID_STRIDE + a counter: unique, and they name
 their client (a pushed grant finds its waiter without a table)."""
-MAX_HOLD_US = 20 * US_PER_MS
 MAX_THINK_US = 20 * US_PER_MS
 KEEPALIVE_RETRIES = 2
 """A keepalive told "not the leader" follows the hint this many times, no more."""
@@ -310,10 +309,15 @@ class LockWorkload:
         self._send(client, "fenced_put", (client.lock, client.token, value),
                    key="fence/" + client.lock.decode(), again=again)
 
-    def _release(self, client: LockClient) -> None:
+    def _end_of_hold(self, client: LockClient) -> int | None:
+        """The end of a hold the client stops now: now, unless its lease may have
+        expired already (then unknown)."""
         now = self.sim.now
+        return now if now < client.valid_until else None
+
+    def _release(self, client: LockClient) -> None:
         if not client.recorded:
-            self._record(client, now if now < client.valid_until else None)
+            self._record(client, self._end_of_hold(client))
         client.phase = RELEASING
         self._send(client, "lock_release", (client.lock, client.waiter), again=False)
 
@@ -356,12 +360,17 @@ class LockWorkload:
             client.paused_until = sim.now + rng.randint(self.ttl // 2, 2 * self.ttl)
             client.step_gen += 1  # the stall swallows any step already due
             return
-        self._later(client, rng.randint(0, MAX_HOLD_US))
+        # Held for up to half a lease: long enough that failovers strike mid-hold.
+        self._later(client, rng.randint(0, self.ttl // 2))
 
     def _lose(self, client: LockClient) -> None:
-        """The lease may have expired: every hold under it is over, when is unknown."""
+        """The lease is gone, or may be: every hold under it is over. Past the lease's
+        validity, when it ended is unknown. Before it, the client learned of the end
+        (its keepalive found the lease revoked, its write was fenced out) and stops now,
+        so its hold ends now: a correct server cannot have handed the lock on before the
+        validity ended, so a grant to another before now is a violation the checker sees."""
         if client.phase in (HOLDING, WRITING) and not client.recorded:
-            self._record(client, None)
+            self._record(client, self._end_of_hold(client))
         client.phase = IDLE
         client.lease = 0
         client.pending = None
@@ -416,7 +425,7 @@ class LockWorkload:
                 self._lose(client)  # the lease is gone
         elif kind == "fenced_put":
             if isinstance(value, FencedOut) and not client.recorded:
-                self._record(client, None)  # the lock moved on while we stalled
+                self._record(client, self._end_of_hold(client))  # the lock moved on
             self._release(client)
         elif kind == "lock_release":
             if value is None or isinstance(value, (Grant, NotHolder)):
