@@ -14,6 +14,8 @@ from typing import Any
 from ringlock.raft.core import Raft
 from ringlock.raft.log import RaftLog
 from ringlock.raft.messages import HardState
+from ringlock.sim.node import SimNode
+from ringlock.statemachine.locks import LockTable
 
 Patch = tuple[Any, str, Callable[..., Any]]
 
@@ -67,3 +69,35 @@ PLANTED_BUGS: dict[str, Callable[[], list[Patch]]] = {
     "forget_vote_on_restart": _forget_vote_on_restart,
     "read_index_without_quorum": _read_index_without_quorum,
 }
+
+
+def _lease_clock_kept_across_terms() -> list[Patch]:
+    """A leader keeps its lease clocks when it loses leadership and uses them again when
+    re-elected, though the leaders between heard keepalives it never saw: it expires a
+    lease its holder still counts as valid."""
+    return [(SimNode, "_on_leadership_change", lambda self, leading: None)]
+
+
+def _inherited_lease_expires_at_once() -> list[Patch]:
+    """A new leader does not restart the TTL of the leases it inherits: it treats them
+    as already due, so a failover revokes every lease (and hands on every lock) at once."""
+
+    def buggy(self: SimNode, leading: bool) -> None:
+        now = self.sim.now
+        self.lease_deadlines = {lease: now for lease in self.kv.shard.leases} if leading else {}
+
+    return [(SimNode, "_on_leadership_change", buggy)]
+
+
+def _fence_not_checked() -> list[Patch]:
+    """Fenced writes are applied without comparing their token to the lock's highest."""
+    return [(LockTable, "check_fence", lambda self, name, token: None)]
+
+
+LOCK_PLANTED_BUGS: dict[str, Callable[[], list[Patch]]] = {
+    "lease_clock_kept_across_terms": _lease_clock_kept_across_terms,
+    "inherited_lease_expires_at_once": _inherited_lease_expires_at_once,
+    "fence_not_checked": _fence_not_checked,
+}
+"""Lease and lock bugs, planted into the simulated server (`SimNode`) or the shard state
+machine: the lock history checker or the fencing oracle must report them."""

@@ -11,8 +11,12 @@ A run has two phases. In the safety phase faults strike: crashes (unsynced
 writes lost), pauses, partitions (symmetric, one-way, bridge), lossy and
 duplicating links, leadership transfers and membership changes under load; the
 safety checker runs after every step. In the liveness phase every fault is
-healed and the cluster must serve client writes again. At the end the client
-history is checked for linearizability.
+healed and the cluster must serve client writes again (and grant a lock). At
+the end the client history is checked for linearizability.
+
+Beside the key-value clients, a few lock clients (`ringlock.sim.locks`) take
+leases and locks and write fenced keys; their holds are checked for mutual
+exclusion and token order at the end, and every fenced write as it applies.
 """
 
 from __future__ import annotations
@@ -28,15 +32,16 @@ from ringlock.checker import Op
 from ringlock.errors import ProposalDropped
 from ringlock.raft.config import RaftConfig
 from ringlock.raft.messages import Configuration, Message, Role
+from ringlock.sim.locks import LOCK_KINDS, LockWorkload
 from ringlock.sim.node import ClientRequest, SimNode
 from ringlock.sim.params import US_PER_MS, SimParams
 from ringlock.sim.safety import SafetyChecker, SafetyViolation
 
 (TICK, DELIVER, FSYNC, ARRIVE, REPLY, NEXT_OP, OP_TIMEOUT, FAULT, HEAL, OPERATOR, PHASE,
- DRIVE) = range(12)
+ DRIVE, LOCK) = range(13)
 EVENT_NAMES = (
     "tick", "deliver", "fsync", "client->node", "node->client", "next-op", "op-timeout",
-    "fault", "heal", "operator", "phase", "drive",
+    "fault", "heal", "operator", "phase", "drive", "lock-client",
 )
 TIMEOUT_SWEEP_US = 10 * US_PER_MS
 MAX_EVENTS = 5_000_000
@@ -93,6 +98,8 @@ class Simulation:
             for i in range(1, params.clients + 1)
         ]
         self.op_counter = 0
+        self.lock_load = LockWorkload(self, LOCK)
+        """The lease-and-lock clients; their holds are checked at the end of the run."""
 
     # ------------------------------------------------------------------ scheduling
 
@@ -165,6 +172,7 @@ class Simulation:
         self._push(TIMEOUT_SWEEP_US, OP_TIMEOUT, None)
         for client in self.clients:
             self._push(self.rng.randrange(10 * US_PER_MS), NEXT_OP, client.id)
+        self.lock_load.start()
         end = p.fault_phase_us + p.liveness_phase_us
         queue = self._queue
         trace = self.trace
@@ -198,6 +206,7 @@ class Simulation:
         for client in self.clients:
             if client.active:  # still in flight at the end: it may yet take effect
                 self._record(client, None, None)
+        self.lock_load.finish()
         self._check_liveness()
 
     def _deliver(self, message: Message) -> None:
@@ -249,6 +258,8 @@ class Simulation:
             self._operator()
         elif kind == PHASE:
             self._heal_all()
+        elif kind == LOCK:
+            self.lock_load.on_event(a, b)
 
     # --------------------------------------------------------------------- clients
 
@@ -273,19 +284,26 @@ class Simulation:
 
     def _send_request(self, client: ClientState) -> None:
         request = ClientRequest(client.id, client.op_id, client.kind, client.key, client.arg)
-        target = client.leader_guess
+        client.leader_guess = self.send_client_request(request, client.leader_guess)
+
+    def send_client_request(self, request: ClientRequest, target: int) -> int:
+        """Send `request` to node `target` (a member at random if it is gone); returns
+        the node it went to, the client's next guess."""
         if target not in self.nodes or target in self.retired:
             target = self._random_member()
-            client.leader_guess = target
         if self.drop_rate and self.rng.random() < self.drop_rate:
-            return
+            return target
         self._push(self.now + self._link_delay(), ARRIVE, request, target)
+        return target
 
     def _random_member(self) -> int:
         members = [n for n in sorted(self.nodes) if n not in self.retired]
         return self.rng.choice(members)
 
     def _client_reply(self, request: ClientRequest, answer: tuple[str, Any]) -> None:
+        if request.kind in LOCK_KINDS:
+            self.lock_load.on_reply(request, *answer)
+            return
         client = self.clients[request.client - 1]
         if not client.active or client.op_id != request.op_id:
             return
@@ -527,6 +545,12 @@ class Simulation:
             raise SafetyViolation(
                 "liveness",
                 f"no client operation succeeded in the {self.params.liveness_phase_us // 1000}"
+                " ms after every fault was healed",
+            )
+        if self.lock_load.clients and self.lock_load.grants_after_heal == 0:
+            raise SafetyViolation(
+                "liveness",
+                f"no lock was granted in the {self.params.liveness_phase_us // 1000}"
                 " ms after every fault was healed",
             )
 

@@ -4,10 +4,16 @@ The node is the driver of its Raft core, as the real server will be: it feeds
 messages and ticks in, and carries each Ready out in the documented order
 (persist, send, apply, serve reads, advance). The disk's sync takes simulated
 time; while it runs, the node keeps stepping messages but takes no new Ready.
+
+As leader it also plays the server's part in leases (see `ringlock.sim.locks`):
+deadlines in its memory on its clock, refreshed by confirmed keepalives, restarted
+when it becomes leader, expired into proposed `lease_revoke` commands; and it
+pushes the grants its applies make to their waiters.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +23,10 @@ from ringlock.raft.core import Raft
 from ringlock.raft.messages import Configuration, EntryKind, Message, MessageType, Ready, Role
 from ringlock.sim.disk import SimDisk
 from ringlock.sim.kv import KVStateMachine, encode_command
+from ringlock.sim.locks import LOCK_KINDS, SHARD_PREFIX, shard_command
+from ringlock.sim.params import US_PER_MS
+from ringlock.statemachine.kv import encode
+from ringlock.statemachine.locks import grants_of
 
 if TYPE_CHECKING:
     from ringlock.sim.cluster import Simulation
@@ -73,6 +83,9 @@ class SimNode:
         self.drive_scheduled = False
         self.seen_commit = self.raft.log.commit_index
         self.was_leader = False
+        self.lease_deadlines: dict[int, int] = {}
+        """Leader only: lease id -> simulated time it expires, in memory as the server
+        keeps it (a crash forgets it; the next leader starts every clock afresh)."""
 
     def crash(self) -> None:
         self.alive = False
@@ -89,8 +102,57 @@ class SimNode:
 
     def tick(self) -> None:
         self.raft.tick()
+        if self.raft.role == Role.LEADER and (self.kv.shard.leases or self.lease_deadlines):
+            self._expire_leases()
         if self.raft.has_ready():  # most ticks of a follower change nothing
             self.after_input()
+
+    # ---------------------------------------------------------------------- leases
+
+    def _expire_leases(self) -> None:
+        """As the server's `_expire_leases`: a lease without a clock (granted under an
+        earlier leader, or just applied) starts one now; an expired one is revoked."""
+        now = self.sim.now
+        leases = self.kv.shard.leases
+        deadlines = self.lease_deadlines
+        for lease, (ttl_ms, _) in leases.items():
+            if lease not in deadlines:
+                deadlines[lease] = now + ttl_ms * US_PER_MS
+        for lease in [lease for lease, due in deadlines.items() if due <= now]:
+            del deadlines[lease]
+            if lease in leases:
+                with contextlib.suppress(ProposalDropped):  # next tick tries again
+                    self.raft.propose(encode_command("shard", encode("lease_revoke", 0, 0,
+                                                                     lease)))
+
+    def _on_leadership_change(self, leading: bool) -> None:
+        """Forget every lease clock, both on gaining and on losing leadership: the clocks
+        of an earlier term know nothing of the keepalives heard by the leaders since,
+        so a new leader counts every lease's full TTL from its election (the fill-in in
+        `_expire_leases`). A lease may live longer across a failover, never shorter."""
+        self.lease_deadlines = {}
+
+    def _serve_keepalive(self, request: ClientRequest) -> None:
+        """Leadership was confirmed after the keepalive arrived (ReadIndex) and the state
+        holds every lease granted before: refresh the deadline from now."""
+        if self.raft.role != Role.LEADER:
+            self.sim.reply(request, "retry", self.raft.leader)
+            return
+        lease = request.arg[0]
+        held = self.kv.shard.leases.get(lease)
+        if held is None:
+            self.sim.reply(request, "ok", None)  # expired or revoked
+            return
+        self.lease_deadlines[lease] = self.sim.now + held[0] * US_PER_MS
+        self.sim.reply(request, "ok", held[0])
+
+    def _after_shard_apply(self, index: int, data: bytes, result: Any) -> None:
+        """Show the fencing oracle the entry; as leader, push the grants it made."""
+        load = self.sim.lock_load
+        load.oracle.on_apply(index, data, result)
+        if self.raft.role == Role.LEADER:
+            for grant in grants_of(result):
+                load.push_grant(grant)
 
     def receive(self, message: Message) -> None:
         self.raft.step(message)
@@ -102,11 +164,13 @@ class SimNode:
             self.sim.reply(request, "not_leader", raft.leader)
             return
         try:
-            if request.kind == "get":
+            if request.kind in ("get", "keepalive"):
                 raft.read_index(request.op_id)
                 self.reads[request.op_id] = request
             else:
-                if request.kind == "put":
+                if request.kind in LOCK_KINDS:
+                    command = encode_command("shard", shard_command(request))
+                elif request.kind == "put":
                     command = encode_command("put", request.key, request.arg)
                 else:
                     command = encode_command("cas", request.key, *request.arg)
@@ -175,6 +239,8 @@ class SimNode:
             sim.safety.on_apply(self.id, entry)
             data = entry.data if entry.kind == EntryKind.NORMAL else b""
             result = self.kv.apply(entry.index, data)
+            if data.startswith(SHARD_PREFIX):
+                self._after_shard_apply(entry.index, data, result)
             pending = self.proposals.pop(entry.index, None)
             if pending is not None:
                 term, request = pending
@@ -202,6 +268,8 @@ class SimNode:
             self.sim.safety.on_commit(raft, self.seen_commit)
             self.seen_commit = raft.log.commit_index
         is_leader = raft.role == Role.LEADER
+        if is_leader != self.was_leader:
+            self._on_leadership_change(is_leader)
         if is_leader and not self.was_leader:
             self.sim.safety.on_leader(raft, self.incarnation)
             self.sim.note(f"node {self.id} leads term {raft.term}")
@@ -218,10 +286,12 @@ class SimNode:
         applied = self.kv.applied_index  # what the state machine holds, not what Raft knows
         still_waiting = []
         for index, request in self.reads_waiting:
-            if index <= applied:
-                self.sim.reply(request, "ok", self.kv.get(request.key))
-            else:
+            if index > applied:
                 still_waiting.append((index, request))
+            elif request.kind == "keepalive":
+                self._serve_keepalive(request)
+            else:
+                self.sim.reply(request, "ok", self.kv.get(request.key))
         self.reads_waiting = still_waiting
 
     def _maybe_compact(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ringlock.checker import check_kv_history
+from ringlock.checker.locks import check_lock_history
 from ringlock.errors import InvariantViolation
 from ringlock.sim.cluster import Simulation
 from ringlock.sim.params import SimParams
@@ -27,6 +28,7 @@ class SeedResult:
     detail: str = ""
     trace: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    lock_holds: int = 0
 
     def replay_command(self) -> str:
         return f"ringlock sim --seeds 1 --start-seed {self.seed} --nodes {self.nodes}"
@@ -55,7 +57,11 @@ def run_seed(
     if verdict.verdict != "ok":
         name = "linearizability" if verdict.verdict == "violation" else "linearizability undecided"
         return _failed(sim, seed, nodes, name, verdict.message)
-    return SeedResult(seed, nodes, True, len(sim.history), sim.events)
+    locks = check_lock_history(sim.lock_load.holds)
+    if locks.verdict != "ok":
+        return _failed(sim, seed, nodes, "lock safety", locks.message)
+    return SeedResult(seed, nodes, True, len(sim.history), sim.events,
+                      lock_holds=len(sim.lock_load.holds))
 
 
 def _failed(sim: Simulation, seed: int, nodes: int, invariant: str, detail: str) -> SeedResult:
