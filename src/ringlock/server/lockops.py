@@ -60,7 +60,11 @@ class ShardWaits:
     """The waits open on one replica, and what the lock table's departures were when
     they were last checked."""
 
-    waits: dict[WaitKey, OpenWait] = field(default_factory=dict)
+    waits: dict[WaitKey, list[OpenWait]] = field(default_factory=dict)
+    """Every request waiting for a waiter's grant. Usually one; more when the client
+    re-attached while an earlier request of its was still on its way here (an
+    abandoned acquire retry may be applied after the re-attach): every one of them is
+    answered, and the client listens to the newest."""
     departures: int = 0
 
 
@@ -183,10 +187,7 @@ class LockOps:
             return
         shard = self.shards.setdefault(replica.shard,
                                        ShardWaits(departures=replica.sm.locks.departures))
-        previous = shard.waits.pop((name, waiter), None)
-        if previous is not None:  # re-attached: the older request's client gave up on it
-            self.open_count -= 1
-        shard.waits[(name, waiter)] = OpenWait(reply, origin)
+        shard.waits.setdefault((name, waiter), []).append(OpenWait(reply, origin))
         self.open_count += 1
 
     def after_apply(self, replica: ShardReplica[Any], result: Any) -> None:
@@ -196,11 +197,12 @@ class LockOps:
         if shard is None or not shard.waits:
             return
         for grant in grants_of(result):
-            wait = shard.waits.pop((grant.name, grant.waiter), None)
-            if wait is not None:
-                self.open_count -= 1
+            waits = shard.waits.pop((grant.name, grant.waiter), None)
+            if waits is not None:
+                self.open_count -= len(waits)
                 self.pushed += 1
-                wait.reply(Acquired("granted", grant.token), None)
+                for wait in waits:
+                    wait.reply(Acquired("granted", grant.token), None)
         table = replica.sm.locks
         if table.departures != shard.departures:
             shard.departures = table.departures
@@ -219,42 +221,50 @@ class LockOps:
             status = table.status(*key)
             if status is not None and status.status == "queued":
                 continue
-            wait = shard.waits.pop(key)
-            self.open_count -= 1
-            if status is None:
-                wait.reply(None, LockWaitAborted(
-                    f"waiter {key[1]} left the queue of lock {key[0]!r} (its lease ended, "
-                    "or it was cancelled)"))
-            else:
+            waits = shard.waits.pop(key)
+            self.open_count -= len(waits)
+            if status is not None:
                 self.pushed += 1
-                wait.reply(status, None)
+            for wait in waits:
+                if status is None:
+                    wait.reply(None, LockWaitAborted(
+                        f"waiter {key[1]} left the queue of lock {key[0]!r} (its lease "
+                        "ended, or it was cancelled)"))
+                else:
+                    wait.reply(status, None)
 
     def on_leadership_lost(self, replica: ShardReplica[Any]) -> None:
         """Waits here go to the new leader: this replica may be cut off from it."""
         shard = self.shards.pop(replica.shard, None)
         if shard is None:
             return
-        for wait in shard.waits.values():
-            self.open_count -= 1
-            wait.reply(None, replica.not_leader())
+        for waits in shard.waits.values():
+            self.open_count -= len(waits)
+            for wait in waits:
+                wait.reply(None, replica.not_leader())
 
     def on_replica_dropped(self, group: int, error: RequestError) -> None:
         shard = self.shards.pop(group, None)
-        for wait in shard.waits.values() if shard is not None else ():
-            self.open_count -= 1
-            wait.reply(None, error)
+        for waits in shard.waits.values() if shard is not None else ():
+            self.open_count -= len(waits)
+            for wait in waits:
+                wait.reply(None, error)
 
     def on_disconnect(self, connection: Connection) -> None:
         """Its waiters gave up: they leave their queues (a grant they hold stays)."""
         for group, shard in list(self.shards.items()):
-            gone = [key for key, wait in shard.waits.items() if wait.origin is connection]
-            if not gone:
+            touched = [key for key, waits in shard.waits.items()
+                       if any(wait.origin is connection for wait in waits)]
+            if not touched:
                 continue
             replica = self.node.replicas.get(group)
-            for name, waiter in gone:
-                del shard.waits[(name, waiter)]
-                self.open_count -= 1
-                if replica is not None and replica.raft.role == Role.LEADER:
+            for name, waiter in touched:
+                waits = shard.waits.pop((name, waiter))
+                left = [wait for wait in waits if wait.origin is not connection]
+                self.open_count -= len(waits) - len(left)
+                if left:  # the waiter listens on another connection too: it stays
+                    shard.waits[(name, waiter)] = left
+                elif replica is not None and replica.raft.role == Role.LEADER:
                     replica.propose(encode("lock_cancel", 0, 0, name, waiter, True), _ignore)
             self.node.mark(group)
 
