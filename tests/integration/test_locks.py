@@ -16,6 +16,8 @@ import pytest
 from ringlock import FencedOut, NotHolder
 from ringlock.client import AsyncClient
 from ringlock.devcluster import DevCluster
+from ringlock.sharding.keys import shard_of
+from ringlock.transport.rpc import RpcConnection
 
 
 def test_a_lock_is_exclusive_fifo_and_its_tokens_grow(cluster: DevCluster) -> None:
@@ -255,3 +257,50 @@ def test_an_election_has_one_leader_and_the_next_candidate_follows(
             assert await second.leader() is None
 
     asyncio.run(run())
+
+
+def test_a_waiter_whose_connection_closes_leaves_the_queue(cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as holder, \
+                AsyncClient(cluster.addresses) as other:
+            held = holder.lock("door", ttl=30)
+            assert await held.acquire()
+            shard = shard_of(b"door", cluster.shards)
+            session = await other.sessions.get(shard, 30_000, 10)
+            leader = cluster.nodes[cluster.group_leaders()[shard]].address
+            raw = RpcConnection(leader)  # a waiter that just goes away: no cancel sent
+            body = {"op": "lock_acquire", "shard": shard, "name": b"door",
+                    "lease": session.lease.id, "waiter": 77, "wait": True}
+            waiting = asyncio.ensure_future(raw.call(body, 30))
+            await _until_queued(holder, b"door", 1)
+            await raw.close()
+            await _until_queued(holder, b"door", 0)
+            assert waiting.done()
+
+            cancelled = asyncio.ensure_future(other.lock("door", ttl=30).acquire())
+            await _until_queued(holder, b"door", 1)
+            cancelled.cancel()  # as asyncio.Lock: a cancelled acquire leaves the queue
+            await _until_queued(holder, b"door", 0)
+            await held.release()
+            assert await holder.locks() == []
+
+    asyncio.run(run())
+
+
+def test_the_article_shapes_are_the_real_lock_and_table(cluster: DevCluster) -> None:
+    from ringlock import DistributedHashTable, DistributedLock
+
+    with cluster.client() as client:
+        table = DistributedHashTable(client)
+        table.put("user:42", "Ada")
+        assert table.get("user:42") == "Ada" and table.get("user:43") is None
+        lock = DistributedLock(client, "reports/daily", ttl=5)
+        token = lock.acquire()
+        assert token == lock.token and token > 0
+        client.put("reports/daily/state", "running", fence=lock.held)
+        other = DistributedLock(client, "reports/daily", ttl=5)
+        with pytest.raises(TimeoutError):
+            other.acquire(timeout=0.3)
+        lock.release()
+        with other:
+            assert other.token is not None and other.token > token

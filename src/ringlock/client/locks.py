@@ -235,6 +235,8 @@ class AsyncLock:
         self.waiter = 0
         self.lost_reason: str | None = None
         self._session: LockSession | None = None
+        self._attempt = 0
+        """The waiter id of the acquire under way (a new one each time it queues)."""
 
     def __repr__(self) -> str:
         state = f"token={self.token}" if self.token is not None else "not held"
@@ -278,7 +280,21 @@ class AsyncLock:
         deadline = time.monotonic() + (FOREVER_S if timeout == -1 else timeout)
         await client.ensure_map(max(0.001, min(client.timeout, deadline - time.monotonic())))
         shard = shard_of(self.name, client.shard_count)
-        waiter = client.new_waiter_id()
+        waiter = self._attempt = client.new_waiter_id()
+        try:
+            return await self._wait_for_grant(shard, waiter, blocking, deadline)
+        except asyncio.CancelledError:
+            # As asyncio.Lock: a cancelled acquire leaves the queue (and gives back a
+            # grant that raced with the cancel). The cancel itself must not be cancelled.
+            task = asyncio.get_running_loop().create_task(
+                self._give_up(shard, self._attempt))
+            client.sessions.background.add(task)
+            task.add_done_callback(client.sessions.background.discard)
+            raise
+
+    async def _wait_for_grant(self, shard: int, waiter: int, blocking: bool,
+                              deadline: float) -> bool:
+        client = self.client
         queued = False
         attach = False
         body: dict[str, Any] = {}
@@ -320,7 +336,7 @@ class AsyncLock:
             except LockWaitAborted:
                 # Our lease ended or the wait was cancelled: queue again, at the back,
                 # as a new waiter (what the cluster saw of the old one is over).
-                waiter = client.new_waiter_id()
+                waiter = self._attempt = client.new_waiter_id()
                 attach = False
                 body = {}
                 continue
