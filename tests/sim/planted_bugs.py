@@ -91,7 +91,7 @@ def _inherited_lease_expires_at_once() -> list[Patch]:
 
 def _fence_not_checked() -> list[Patch]:
     """Fenced writes are applied without comparing their token to the lock's highest."""
-    return [(LockTable, "check_fence", lambda self, name, token: None)]
+    return [(LockTable, "check_fence", lambda self, *fence: None)]
 
 
 LOCK_PLANTED_BUGS: dict[str, Callable[[], list[Patch]]] = {
