@@ -98,7 +98,7 @@ class Node:
         self.started_at = time.monotonic()
         self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0,
                          "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0,
-                         "leader_transfers": 0}
+                         "meta_relayed": 0, "leader_transfers": 0}
         self._ticks = 0
         self.snapshot_bytes_sent: dict[int, int] = {}
         """group -> bytes of snapshots this node sent its peers (what moving it cost)."""
@@ -476,7 +476,9 @@ class Node:
             if target is None:
                 return False  # no leader known: answered locally (Unavailable/NotLeader)
         forwarded = {**body, "hops": hops + 1}
-        self.counters["forwarded"] += 1
+        # Client requests relayed, apart from the nodes' own traffic to the meta leader
+        # (a report sent while the meta leadership moves is relayed too).
+        self.counters["forwarded" if op not in META_OPS else "meta_relayed"] += 1
         task = asyncio.get_running_loop().create_task(self._relay(target, forwarded, reply))
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
