@@ -88,8 +88,9 @@ def _lock_story(cluster: DevCluster, client: Any) -> None:
         first.release()
         started = time.monotonic()
         waiting.join(10)
-        say(f"   A released; B, queued, had its grant pushed {1000 * (time.monotonic() - started):.1f}"
-            f" ms after A's release was acknowledged: token {second.token}")
+        pushed_ms = 1000 * (time.monotonic() - started)
+        say(f"   A released; B, queued, had its grant pushed {pushed_ms:.1f} ms after A's "
+            f"release was acknowledged: token {second.token}")
         other.put("jobs/report/owner", "second", fence=second)
         try:
             client.put("jobs/report/owner", "stale", fence=("jobs/report", old_token))
