@@ -28,8 +28,8 @@ from ringlock.errors import (
 
 __all__ = [
     "AsyncClient", "AsyncLock", "BadRequest", "Client", "DistributedHashTable",
-    "DistributedLock", "FencedOut", "InvariantViolation",
-    "Lock", "LockWaitAborted", "NotFound", "NotHolder", "NotLeader", "RequestError",
+    "DistributedLock", "FencedOut", "InvariantViolation", "Lock", "LockLimitExceeded",
+    "LockWaitAborted", "NotFound", "NotHolder", "NotLeader", "RequestError",
     "RequestTimeout", "RinglockError", "TooLarge", "Unavailable", "WrongShard",
 ]
 __version__ = "0.1.0"

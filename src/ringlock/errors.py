@@ -147,6 +147,14 @@ class LockWaitAborted(RequestError):
     retryable = True
 
 
+class WaitSuperseded(RequestError):
+    """A lock wait was answered because the same connection opened another for the same
+    waiter: only one is listened to, so the listening one asks again, at once."""
+
+    code = "WaitSuperseded"
+    retryable = True
+
+
 class NotFound(RequestError):
     """The lease (or other named object) does not exist: it expired or was revoked."""
 
@@ -157,7 +165,7 @@ ERROR_CODES: dict[str, type[RequestError]] = {
     cls.code: cls
     for cls in (NotLeader, WrongShard, Unavailable, RequestTimeout, TooLarge, BadRequest,
                 CommandFailed, NotFound, FencedOut, NotHolder, LockLimitExceeded,
-                LockWaitAborted)
+                LockWaitAborted, WaitSuperseded)
 }
 
 

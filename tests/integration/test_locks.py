@@ -304,3 +304,74 @@ def test_the_article_shapes_are_the_real_lock_and_table(cluster: DevCluster) -> 
         lock.release()
         with other:
             assert other.token is not None and other.token > token
+
+
+def test_a_zero_timeout_makes_one_try_as_threading_lock(cluster: DevCluster) -> None:
+    with cluster.client() as client:
+        lock = client.lock("free", ttl=5)
+        assert lock.acquire(timeout=0)
+        assert not client.lock("free", ttl=5).acquire(timeout=0)
+        lock.release()
+
+
+def test_tasks_sharing_one_handle_take_turns(cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client:
+            slot = client.semaphore("sem", 2, ttl=5)
+            order: list[int] = []
+
+            async def use(i: int) -> None:
+                async with slot:
+                    order.append(i)
+                    [state] = await client.locks()
+                    assert state.holder == slot.waiter  # one holder per handle
+
+            await asyncio.wait_for(asyncio.gather(use(1), use(2)), 20)
+            assert sorted(order) == [1, 2]
+            assert await client.locks() == []
+
+    asyncio.run(run())
+
+
+def test_cancelling_one_acquire_does_not_cancel_another_sharing_its_session(
+        cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client:
+            await client.ensure_map(5)
+            first = asyncio.ensure_future(client.lock("{t}a", ttl=5).acquire())
+            second = asyncio.ensure_future(client.lock("{t}b", ttl=5).acquire())
+            for _ in range(3):
+                await asyncio.sleep(0)
+            first.cancel()
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            assert isinstance(results[0], asyncio.CancelledError)
+            assert results[1] is True
+
+    asyncio.run(run())
+
+
+def test_re_attaching_waits_do_not_pile_up_on_the_node(cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as holder, \
+                AsyncClient(cluster.addresses) as other:
+            held = holder.lock("dup", ttl=5)
+            assert await held.acquire()
+            waiting = other.lock("dup", ttl=5)
+            task = asyncio.ensure_future(waiting.acquire())
+            await _until_queued(holder, b"dup", 1)
+            shard = shard_of(b"dup", cluster.shards)
+            leader = cluster.nodes[cluster.group_leaders()[shard]].address
+            for _ in range(20):  # as if keepalives kept timing out: re-attach each time
+                other._lost_leader(shard)
+                other._map.leaders[shard] = leader
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while sum(r.get("lock_waits_open", 0) for r in await holder.status()) > 1:
+                assert time.monotonic() < deadline, "superseded waits were not answered"
+                await asyncio.sleep(0.05)
+            await held.release()
+            assert await asyncio.wait_for(task, 10)
+            await waiting.release()
+            assert [r.get("lock_waits_open") for r in await holder.status()] == [0, 0, 0]
+
+    asyncio.run(run())

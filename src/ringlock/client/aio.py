@@ -36,6 +36,7 @@ from ringlock.errors import (
     RequestError,
     RequestTimeout,
     Unavailable,
+    WaitSuperseded,
     WrongShard,
 )
 from ringlock.sharding.clustermap import ClusterMap, MapError
@@ -448,6 +449,9 @@ class AsyncClient:
             try:
                 return await self._connection(address).call(
                     body, min(attempt_timeout, remaining))
+            except WaitSuperseded as error:
+                last = error  # our own newer wait replaced it there: ask again, same place
+                continue
             except NotLeader as error:
                 last = error
                 self.retries += 1

@@ -34,6 +34,7 @@ from ringlock.errors import (
     FencedOut,
     LockWaitAborted,
     NotFound,
+    NotHolder,
     RequestError,
     RequestTimeout,
 )
@@ -55,6 +56,9 @@ RETRY_KEEPALIVE_S = 0.1
 FOREVER_S = 10.0 * 365 * 24 * 3600
 """A wait with no timeout: a deadline nobody reaches."""
 GIVE_UP_TIMEOUT_S = 2.0
+SETTLE_TTLS = 3
+"""A release or cancel that cannot be confirmed is retried this many TTLs, then the
+session's lease is given up."""
 """How long a waiter that gives up tries to leave the queue (its lease ends it anyway)."""
 
 Fence = Any
@@ -173,43 +177,55 @@ class LockSessions:
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
-        self._sessions: dict[tuple[int, int], asyncio.Future[LockSession]] = {}
+        self._sessions: dict[tuple[int, int], asyncio.Task[LockSession]] = {}
         self.background: set[asyncio.Task[None]] = set()
 
     async def get(self, shard: int, ttl_ms: int, timeout: float) -> LockSession:
+        """The live session of (shard, TTL), granting its lease if there is none. The
+        grant runs in a task of its own, shared by every caller: one caller cancelled
+        does not cancel the others."""
         key = (shard, ttl_ms)
         pending = self._sessions.get(key)
-        if pending is not None and (not pending.done() or (
-                not pending.exception() and pending.result().valid())):
-            return await asyncio.shield(pending)
-        future: asyncio.Future[LockSession] = asyncio.get_running_loop().create_future()
-        self._sessions[key] = future
+        if pending is None or (pending.done() and (
+                pending.cancelled() or pending.exception() is not None
+                or not pending.result().valid())):
+            pending = asyncio.get_running_loop().create_task(self._create(key, timeout))
+            pending.add_done_callback(_retrieve)
+            self._sessions[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _create(self, key: tuple[int, int], timeout: float) -> LockSession:
+        sent = time.monotonic()
         try:
-            sent = time.monotonic()
-            lease = await self.client.grant_lease_on(shard, ttl_ms, timeout=timeout)
-            session = LockSession(self.client, lease, sent)
-        except BaseException as error:
-            del self._sessions[key]
-            future.set_exception(error)
-            future.exception()  # retrieved: other waiters re-raise it themselves
+            lease = await self.client.grant_lease_on(key[0], key[1], timeout=timeout)
+        except BaseException:
+            if self._sessions.get(key) is asyncio.current_task():
+                del self._sessions[key]
             raise
-        future.set_result(session)
-        return session
+        return LockSession(self.client, lease, sent)
 
     def forget(self, session: LockSession) -> None:
         key = (session.lease.shard, session.lease.ttl_ms)
         pending = self._sessions.get(key)
-        if pending is not None and pending.done() and not pending.exception() \
-                and pending.result() is session:
+        if pending is not None and pending.done() and not pending.cancelled() \
+                and pending.exception() is None and pending.result() is session:
             del self._sessions[key]
 
     async def close(self) -> None:
         sessions, self._sessions = self._sessions, {}
         for pending in sessions.values():
-            if pending.done() and not pending.exception():
+            if not pending.done():
+                pending.cancel()
+            elif not pending.cancelled() and pending.exception() is None:
                 await pending.result().close()
         for task in list(self.background):
             task.cancel()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Read a failed grant's error even if every caller was cancelled meanwhile."""
+    if not task.cancelled():
+        task.exception()
 
 
 class AsyncLock:
@@ -237,6 +253,8 @@ class AsyncLock:
         self._session: LockSession | None = None
         self._attempt = 0
         """The waiter id of the acquire under way (a new one each time it queues)."""
+        self._handle = asyncio.Lock()
+        """Held from acquire to release: tasks sharing this handle take turns."""
 
     def __repr__(self) -> str:
         state = f"token={self.token}" if self.token is not None else "not held"
@@ -268,93 +286,136 @@ class AsyncLock:
 
     async def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Wait for the lock (FIFO) and hold it; False if `timeout` seconds passed first,
-        or at once if it is held and `blocking` is false. A waiter that gives up leaves
-        the queue."""
-        if self.token is not None:
-            raise RuntimeError(f"lock {self.name!r} is already held by this handle")
+        or at once if it is held and `blocking` is false (or `timeout` is 0). A waiter
+        that gives up, or whose task is cancelled, leaves the queue. Tasks sharing one
+        handle take turns, as on an `asyncio.Lock`."""
         if not blocking and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
         if timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number or -1")
-        client = self.client
+        waits = blocking and timeout != 0  # timeout 0: one try, as threading.Lock
         deadline = time.monotonic() + (FOREVER_S if timeout == -1 else timeout)
+        if not await self._take_handle(waits, deadline):
+            return False
+        if not waits:  # the one try gets the client's usual budget
+            deadline = time.monotonic() + self.client.timeout
+        try:
+            got = await self._acquire(waits, deadline)
+        except BaseException:
+            self._handle.release()
+            raise
+        if not got:
+            self._handle.release()
+        return got
+
+    async def _take_handle(self, blocking: bool, deadline: float) -> bool:
+        """One holder per handle: a second task waits here, not in the cluster."""
+        if not blocking:
+            if self._handle.locked():
+                return False
+            await self._handle.acquire()
+            return True
+        try:  # not wait_for: on 3.11 it can swallow a cancel that races its result
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._handle.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _acquire(self, blocking: bool, deadline: float) -> bool:
+        client = self.client
         await client.ensure_map(max(0.001, min(client.timeout, deadline - time.monotonic())))
         shard = shard_of(self.name, client.shard_count)
-        waiter = self._attempt = client.new_waiter_id()
+        self._attempt = 0
         try:
-            return await self._wait_for_grant(shard, waiter, blocking, deadline)
+            return await self._wait_for_grant(shard, blocking, deadline)
         except asyncio.CancelledError:
             # As asyncio.Lock: a cancelled acquire leaves the queue (and gives back a
             # grant that raced with the cancel). The cancel itself must not be cancelled.
-            task = asyncio.get_running_loop().create_task(
-                self._give_up(shard, self._attempt))
-            client.sessions.background.add(task)
-            task.add_done_callback(client.sessions.background.discard)
+            if self._attempt:
+                self._settle_later(shard, self._cancel_body(shard, self._attempt))
             raise
 
-    async def _wait_for_grant(self, shard: int, waiter: int, blocking: bool,
-                              deadline: float) -> bool:
+    async def _wait_for_grant(self, shard: int, blocking: bool, deadline: float) -> bool:
         client = self.client
-        queued = False
-        attach = False
         body: dict[str, Any] = {}
         session: LockSession | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                if queued:
-                    await self._give_up(shard, waiter)
+                if body:
+                    await self._give_up(shard, body["waiter"])
                 return False
             if session is None or not session.valid():
                 session = await client.sessions.get(shard, self.ttl_ms,
-                                                    min(client.timeout, remaining))
-                attach = False
-            if attach:
-                body = {"op": "lock_wait", "shard": shard, "name": self.name,
-                        "waiter": waiter}
-            elif not body or body["op"] != "lock_acquire" or body["lease"] != session.lease.id:
+                                                    max(0.001, min(client.timeout, remaining)))
+            if not body or body["lease"] != session.lease.id:
+                if body:  # the session changed under a queued waiter: leave, queue anew
+                    self._settle_later(shard, self._cancel_body(shard, body["waiter"]))
+                # Re-sent as it is (same seq) until answered: applied once, and each
+                # answer reads the waiter's state when it is applied, so a re-attach
+                # after a leader change keeps its place and can never overtake it.
+                self._attempt = client.new_waiter_id()
                 body = client.with_session({
                     "op": "lock_acquire", "shard": shard, "name": self.name,
-                    "lease": session.lease.id, "waiter": waiter, "wait": blocking,
+                    "lease": session.lease.id, "waiter": self._attempt, "wait": blocking,
                     "mode": self.mode, "limit": self.limit})
-            route = client.route_changed(shard)
-            call = asyncio.ensure_future(client.shard_call(
-                shard, body, remaining, attempt_timeout=remaining))
-            moved = asyncio.ensure_future(route.wait())
-            queued = True
+            remaining = max(0.001, deadline - time.monotonic())
+            answer = await self._call_or_moved(shard, body, remaining)
+            if answer is None:
+                continue  # the leader we waited at is gone: ask the new one
             try:
-                await asyncio.wait({call, moved}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                moved.cancel()
-                if not call.done():
-                    call.cancel()
-            if not call.done() or call.cancelled():
-                attach = True  # the leader we waited at is gone: wait at the new one
-                continue
-            try:
-                status, value = call.result()
+                status, value = answer.result()
             except LockWaitAborted:
-                # Our lease ended or the wait was cancelled: queue again, at the back,
-                # as a new waiter (what the cluster saw of the old one is over).
-                waiter = self._attempt = client.new_waiter_id()
-                attach = False
-                body = {}
+                body = {}  # our lease ended or the wait was cancelled: queue anew
                 continue
             except RequestTimeout:
                 continue  # the deadline, checked at the top
             if status == "busy":
                 return False
             if status == "queued":
-                attach = True
                 continue
-            self.token, self.waiter, self.lost_reason = value, waiter, None
+            if not session.valid():  # granted too late to be sure of: give it back
+                self._settle_later(shard, self._cancel_body(shard, body["waiter"]))
+                body = {}
+                continue
+            self.token, self.waiter, self.lost_reason = value, body["waiter"], None
             self._session = session
             session.holds.add(self)
             return True
 
+    async def _call_or_moved(self, shard: int, body: dict[str, Any],
+                             remaining: float) -> asyncio.Future[Any] | None:
+        """The call's answer, or None if this client stopped believing in the shard's
+        leader first (a keepalive or another call found it gone)."""
+        loop = asyncio.get_running_loop()
+        route = self.client.route_changed(shard)
+        call = asyncio.ensure_future(self.client.shard_call(
+            shard, body, remaining, attempt_timeout=remaining))
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        call.add_done_callback(wake)
+        moved = loop.create_task(route.wait())
+        moved.add_done_callback(wake)
+        try:
+            await woken
+        finally:
+            moved.cancel()
+            if not call.done():
+                call.cancel()
+        if not call.done() or call.cancelled():
+            return None
+        return call
+
     async def release(self) -> None:
         """Let the next waiter in. Raises NotHolder if the cluster no longer counts this
-        handle as the holder: the lock was lost (its lease ended) before the release."""
+        handle as the holder: the lock was lost (its lease ended) before the release.
+        If the release cannot be confirmed, it goes on in the background until it is
+        (or the lease is given up), and the error is raised here."""
         if self.token is None:
             raise RuntimeError(f"release of lock {self.name!r}, which this handle does not hold")
         client = self.client
@@ -362,16 +423,55 @@ class AsyncLock:
         self.token = None
         if session is not None:
             session.holds.discard(self)
+        shard = shard_of(self.name, client.shard_count)
         body = client.with_session({"op": "lock_release", "name": self.name,
-                                    "shard": shard_of(self.name, client.shard_count),
-                                    "waiter": self.waiter})
-        await client.shard_call(body["shard"], body, None)
+                                    "shard": shard, "waiter": self.waiter})
+        try:
+            await client.shard_call(shard, body, None)
+        except (NotHolder, LockWaitAborted):
+            raise
+        except (RequestError, TimeoutError, OSError):
+            self._settle_later(shard, body)
+            raise
+        finally:
+            if self._handle.locked():
+                self._handle.release()
+
+    def _cancel_body(self, shard: int, waiter: int) -> dict[str, Any]:
+        return self.client.with_session({"op": "lock_cancel", "shard": shard,
+                                         "name": self.name, "waiter": waiter})
 
     async def _give_up(self, shard: int, waiter: int) -> None:
-        body = self.client.with_session({"op": "lock_cancel", "shard": shard,
-                                         "name": self.name, "waiter": waiter})
-        with contextlib.suppress(RequestError, TimeoutError, OSError):
+        body = self._cancel_body(shard, waiter)
+        try:
             await self.client.shard_call(shard, body, GIVE_UP_TIMEOUT_S)
+        except (RequestError, TimeoutError, OSError):
+            self._settle_later(shard, body)
+
+    def _settle_later(self, shard: int, body: dict[str, Any]) -> None:
+        """Send a release or cancel (the same body: applied once) until the cluster
+        confirms it. A waiter or hold nobody owns any more would otherwise live as long
+        as the session's lease, which this client keeps alive. If it cannot be
+        confirmed within a few TTLs, the session is given up: its lease then ends."""
+        session = self._session
+        ttl = self.ttl_ms / 1000
+
+        async def settle() -> None:
+            deadline = time.monotonic() + SETTLE_TTLS * ttl
+            while time.monotonic() < deadline:
+                try:
+                    await self.client.shard_call(shard, body, ttl)
+                    return
+                except (NotHolder, LockWaitAborted):
+                    return
+                except (RequestError, TimeoutError, OSError):
+                    await asyncio.sleep(RETRY_KEEPALIVE_S)
+            if session is not None:
+                session.lose(f"could not {body['op']} lock {self.name!r}")
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self.client.sessions.background.add(task)
+        task.add_done_callback(self.client.sessions.background.discard)
 
     def _lost(self, reason: str) -> None:
         self.lost_reason = reason

@@ -33,7 +33,14 @@ class Client:
         self._closed = False
 
     def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted here (Ctrl-C): the call must not go on alone in the client's
+            # thread (an acquire would take a lock nobody holds). Cancelled, it cleans up.
+            future.cancel()
+            raise
 
     def __enter__(self) -> Client:
         return self
@@ -252,8 +259,9 @@ class Election:
         self._client._run_sync(self._inner.resign())
 
     @property
-    def held(self) -> AsyncLock:
-        return self._inner.lock
+    def held(self) -> Lock:
+        """The candidate's lock: `fence=election.held` while leading."""
+        return Lock(self._client, self._inner.lock, None)
 
     def observe(self) -> Iterator[bytes | None]:
         """Each change of leader (None: nobody leads), as it happens; close the

@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ringlock.errors import BadRequest, LockWaitAborted, NotFound, RequestError
+from ringlock.errors import (
+    BadRequest,
+    LockWaitAborted,
+    NotFound,
+    RequestError,
+    Unavailable,
+    WaitSuperseded,
+)
 from ringlock.raft.messages import Role
 from ringlock.server import requests as rq
 from ringlock.server.replica import Reply, ShardReplica
@@ -34,6 +41,7 @@ from ringlock.statemachine.locks import (
     MAX_LOCK_NAME_BYTES,
     MAX_SEMAPHORE_LIMIT,
     MODES,
+    SEMAPHORE,
     Acquired,
     grants_of,
 )
@@ -43,7 +51,7 @@ if TYPE_CHECKING:
     from ringlock.server.node import Node
 
 MAX_OPEN_WAITS_PER_NODE = 100_000
-"""Lock waits a node holds open at once; one more is refused (TooLarge)."""
+"""Lock waits a node holds open at once; one more is refused (Unavailable, retried)."""
 
 WaitKey = tuple[bytes, int]
 """(lock name, waiter)."""
@@ -95,6 +103,9 @@ class LockOps:
         if not 1 <= limit <= MAX_SEMAPHORE_LIMIT:
             raise BadRequest(f"limit must be in 1..{MAX_SEMAPHORE_LIMIT} "
                              f"(MAX_SEMAPHORE_LIMIT), got {limit}")
+        if mode != SEMAPHORE and limit != 1:
+            raise BadRequest(f"only a semaphore ('{SEMAPHORE}') takes a limit; mode {mode!r} "
+                             f"got {limit}")
         client, seq = rq.checked_session(body)
         origin = self.node.current_origin
         replica = self.node.replica(shard)
@@ -154,7 +165,7 @@ class LockOps:
 
         def ttl() -> None:
             held = replica.sm.leases.get(lease)
-            if held is None:
+            if held is None or lease in replica.lease_expiring:
                 reply(None, NotFound(f"lease {lease} not found (expired or revoked)"))
                 return
             left = _left_ms(replica.lease_deadlines.get(lease), time.monotonic())
@@ -180,14 +191,29 @@ class LockOps:
 
     def _hold_open(self, replica: ShardReplica[Any], name: bytes, waiter: int, reply: Reply,
                    origin: Connection | None) -> None:
-        if self.open_count >= MAX_OPEN_WAITS_PER_NODE:
-            reply(None, LockWaitAborted(
+        full = self.open_count >= MAX_OPEN_WAITS_PER_NODE
+        if full or (origin is not None and origin.closed):
+            # Nobody will hear the grant: the waiter leaves the queue (it is queued in the
+            # replicated table already), and a client still there retries, later.
+            if replica.raft.role == Role.LEADER:
+                replica.propose(encode("lock_cancel", 0, 0, name, waiter, True), _ignore)
+                self.node.mark(replica.shard)
+            reply(None, Unavailable(
                 f"node {self.node.id} holds {self.open_count} lock waits open "
-                f"(MAX_OPEN_WAITS_PER_NODE={MAX_OPEN_WAITS_PER_NODE}); wait elsewhere"))
+                f"(MAX_OPEN_WAITS_PER_NODE={MAX_OPEN_WAITS_PER_NODE}); try again later"))
             return
         shard = self.shards.setdefault(replica.shard,
                                        ShardWaits(departures=replica.sm.locks.departures))
-        shard.waits.setdefault((name, waiter), []).append(OpenWait(reply, origin))
+        waits = shard.waits.setdefault((name, waiter), [])
+        for older in [w for w in waits if origin is not None and w.origin is origin]:
+            # The same connection asked again (a re-attach, or an abandoned retry applied
+            # late): only one of them is listened to, and it is not known which. Ask the
+            # older to retry: the client's retry of the live one supersedes the other, and
+            # the connection's in-flight slots stay bounded.
+            waits.remove(older)
+            self.open_count -= 1
+            older.reply(None, WaitSuperseded("lock wait superseded by a newer one; ask again"))
+        waits.append(OpenWait(reply, origin))
         self.open_count += 1
 
     def after_apply(self, replica: ShardReplica[Any], result: Any) -> None:

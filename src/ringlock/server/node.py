@@ -624,7 +624,9 @@ class Node:
 
         def refresh() -> None:
             held = replica.sm.leases.get(lease)
-            if held is None:
+            if held is None or lease in replica.lease_expiring:
+                # Expiring: this leader proposed its revoke; a keepalive must not let the
+                # client believe in it again while the revoke is on its way (as etcd).
                 reply(None, NotFound(f"lease {lease} not found (expired or revoked)"))
                 return
             replica.lease_deadlines[lease] = time.monotonic() + held[0] / 1000
@@ -640,7 +642,10 @@ class Node:
         deadlines = replica.lease_deadlines
         if replica.lease_clock_term != replica.raft.term:
             deadlines.clear()
+            replica.lease_expiring.clear()
             replica.lease_clock_term = replica.raft.term
+        if replica.lease_expiring:
+            replica.lease_expiring.intersection_update(replica.sm.leases)
         for lease, (ttl_ms, _) in replica.sm.leases.items():
             if lease not in deadlines:  # granted under an earlier leader: clock starts now
                 deadlines[lease] = now + ttl_ms / 1000
@@ -648,6 +653,7 @@ class Node:
             del deadlines[lease]
             if lease in replica.sm.leases:
                 log.info("shard %d: lease %d expired", replica.shard, lease)
+                replica.lease_expiring.add(lease)
                 replica.propose(encode("lease_revoke", 0, 0, lease), _ignore)
                 self._mark(replica.shard)
 

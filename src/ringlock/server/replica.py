@@ -97,6 +97,8 @@ class ShardReplica(Generic[M]):
         self.lease_deadlines: dict[int, float] = {}
         """Leader only: lease id -> monotonic deadline, kept in the leader's memory as
         etcd does; a new leader starts every lease's clock afresh."""
+        self.lease_expiring: set[int] = set()
+        """Leader only: leases whose revoke this leader proposed, not yet applied."""
         self.lease_clock_term = 0
         """The term whose leadership `lease_deadlines` were set in."""
         self.listener: ApplyListener | None = None
