@@ -16,8 +16,9 @@ Theory of operation.
     before they are sent, and the lease is revoked so the next waiter goes ahead.
   * A queued acquire is answered by the server when the grant is applied (a push on
     the connection). If the client stops believing in that shard's leader (a
-    keepalive or any call found it gone), the wait re-attaches at the new one with
-    `lock_wait`, a read: the queue position is kept.
+    keepalive or any call found it gone), the wait re-attaches at the new one by
+    re-sending the same acquire: applied once, answered from the waiter's state then,
+    so the queue position is kept and no earlier request of ours can overtake it.
 """
 
 from __future__ import annotations

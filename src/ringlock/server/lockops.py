@@ -10,9 +10,11 @@ waiter's connection gets exactly one frame. Nobody polls.
   * Every replica applies every entry, so an open wait does not depend on leadership;
     but a replica that stops leading answers its waits `NotLeader`, so their clients
     re-attach at the new leader (a deposed leader may be cut off and apply nothing).
-  * Re-attaching is `lock_wait`: a ReadIndex read of the waiter's status, no log entry.
-    Granted, it answers at once; queued, it holds the wait open again; gone (lease
-    ended, cancelled), it answers `LockWaitAborted`, and the client queues afresh.
+  * Re-attaching is re-sending the acquire (deduplicated: applied once), answered from
+    the waiter's state when applied: granted, at once; queued, held open again; gone
+    (lease ended, cancelled), `LockWaitAborted`, and the client queues afresh.
+    `lock_wait` does the same by a ReadIndex read, without a log entry, for a client
+    that knows its acquire was applied.
   * A closed connection's waits leave the queue (`lock_cancel` with `queued_only`: a
     grant whose answer was lost stays held, for the client to re-attach to, or for its
     lease to end).
