@@ -146,7 +146,7 @@ class AsyncClient:
         self._map_lock: asyncio.Lock | None = None
         self._rng = random.Random()
         self.retries = 0
-        self._route_events: dict[int, asyncio.Event] = {}
+        self._route_events: dict[int, asyncio.Future[None]] = {}
         self.sessions = LockSessions(self)
         """The leases this client's locks wait and hold under, kept alive in the
         background: one per (shard, TTL)."""
@@ -413,19 +413,19 @@ class AsyncClient:
         body["shard"] = shard
         return await self._shard_call(shard, body, timeout, stale_ok=stale_ok)
 
-    def route_changed(self, shard: int) -> asyncio.Event:
-        """Set when this client stops believing in the leader it knew for `shard`: a
+    def route_changed(self, shard: int) -> asyncio.Future[None]:
+        """Done when this client stops believing in the leader it knew for `shard`: a
         wait held open there (a lock's) re-attaches at the new leader."""
-        event = self._route_events.get(shard)
-        if event is None:
-            event = self._route_events[shard] = asyncio.Event()
-        return event
+        future = self._route_events.get(shard)
+        if future is None:
+            future = self._route_events[shard] = asyncio.get_running_loop().create_future()
+        return future
 
     def _lost_leader(self, shard: int) -> None:
         self._map.leaders.pop(shard, None)
-        event = self._route_events.pop(shard, None)
-        if event is not None:
-            event.set()
+        future = self._route_events.pop(shard, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def _shard_call(self, shard: int, body: dict[str, Any], timeout: float | None, *,
                           stale_ok: bool = False, attempt_timeout: float = ATTEMPT_TIMEOUT_S,

@@ -311,11 +311,11 @@ class AsyncLock:
 
     async def _take_handle(self, blocking: bool, deadline: float) -> bool:
         """One holder per handle: a second task waits here, not in the cluster."""
-        if not blocking:
-            if self._handle.locked():
-                return False
+        if not self._handle.locked():  # the usual case: no other task on this handle
             await self._handle.acquire()
             return True
+        if not blocking:
+            return False
         try:  # not wait_for: on 3.11 it can swallow a cancel that races its result
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._handle.acquire()
@@ -400,12 +400,11 @@ class AsyncLock:
                 woken.set_result(None)
 
         call.add_done_callback(wake)
-        moved = loop.create_task(route.wait())
-        moved.add_done_callback(wake)
+        route.add_done_callback(wake)
         try:
             await woken
         finally:
-            moved.cancel()
+            route.remove_done_callback(wake)
             if not call.done():
                 call.cancel()
         if not call.done() or call.cancelled():
