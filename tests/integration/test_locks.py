@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from ringlock import FencedOut, NotHolder
+from ringlock import FencedOut, LockWaitAborted, NotHolder
 from ringlock.client import AsyncClient
 from ringlock.devcluster import DevCluster
+from ringlock.errors import WaitSuperseded
 from ringlock.sharding.keys import shard_of
 from ringlock.transport.rpc import RpcConnection
 
@@ -373,5 +374,31 @@ def test_re_attaching_waits_do_not_pile_up_on_the_node(cluster: DevCluster) -> N
             assert await asyncio.wait_for(task, 10)
             await waiting.release()
             assert [r.get("lock_waits_open") for r in await holder.status()] == [0, 0, 0]
+
+    asyncio.run(run())
+
+
+def test_lock_wait_re_attaches_by_a_read_and_answers_at_the_grant(cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as holder, \
+                AsyncClient(cluster.addresses) as other:
+            held = holder.lock("gate", ttl=30)
+            assert await held.acquire()
+            shard = shard_of(b"gate", cluster.shards)
+            session = await other.sessions.get(shard, 30_000, 10)
+            raw = RpcConnection(cluster.nodes[cluster.group_leaders()[shard]].address)
+            acquire = {"op": "lock_acquire", "shard": shard, "name": b"gate",
+                       "lease": session.lease.id, "waiter": 5, "wait": True}
+            first = asyncio.ensure_future(raw.call(acquire, 30))
+            await _until_queued(holder, b"gate", 1)
+            wait = {"op": "lock_wait", "shard": shard, "name": b"gate", "waiter": 5}
+            again = asyncio.ensure_future(raw.call(wait, 30))
+            with pytest.raises(LockWaitAborted):  # a waiter that is not queued
+                await raw.call({**wait, "waiter": 6}, 30)
+            await held.release()
+            assert (await asyncio.wait_for(again, 10))[0] == "granted"
+            with pytest.raises(WaitSuperseded):  # same connection, same waiter: the older
+                await asyncio.wait_for(first, 10)  # was told to ask again
+            await raw.close()
 
     asyncio.run(run())
