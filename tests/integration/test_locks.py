@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ringlock import FencedOut, LockWaitAborted, NotHolder
-from ringlock.client import AsyncClient
+from ringlock.client import AsyncClient, Lease
 from ringlock.devcluster import DevCluster
 from ringlock.errors import WaitSuperseded
 from ringlock.sharding.keys import shard_of
@@ -402,3 +402,25 @@ def test_lock_wait_re_attaches_by_a_read_and_answers_at_the_grant(cluster: DevCl
             await raw.close()
 
     asyncio.run(run())
+
+
+def test_the_lock_command_stops_its_command_when_the_lock_is_lost(
+        cluster: DevCluster) -> None:
+    env = {**os.environ, "RINGLOCK_CLUSTER": cluster.cluster}
+    runner = subprocess.Popen([sys.executable, "-m", "ringlock", "lock", "cli/lost", "--ttl",
+                               "1", "--", "sleep", "60"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        with cluster.client() as client:
+            deadline = time.monotonic() + 20
+            while not (states := client.locks()):
+                assert time.monotonic() < deadline, "the command never got the lock"
+                time.sleep(0.05)
+            [state] = states
+            client.revoke(Lease(state.lease, state.shard, 1000))  # as an expiry would
+        assert runner.wait(20) == 75
+        assert runner.stderr is not None and "lost" in runner.stderr.read()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(10)

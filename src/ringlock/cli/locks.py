@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import click
 
@@ -18,6 +19,8 @@ LOCK_TIMEOUT_EXIT_CODE = 1
 """As `flock -w`: the lock was not acquired in time."""
 LOCK_LOST_EXIT_CODE = 75
 """EX_TEMPFAIL: the lock was lost while the command ran; the command was stopped."""
+KILL_AFTER_S = 10.0
+"""A command still running this long after the SIGTERM of a lost lock gets SIGKILL."""
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -53,12 +56,18 @@ def lock(name: str, command: tuple[str, ...], ttl: float, wait: float | None,
                "RINGLOCK_FENCE_TOKEN": str(held.token)}
         child = subprocess.Popen(list(command), env=env)
         stopped_for_loss = False
+        stopped_at = 0.0
         while child.poll() is None:
             if lost.wait(0.1) and not keep_going and not stopped_for_loss:
                 click.echo(f"lock {name!r} lost ({held.lost_reason}): stopping the command "
                            f"(pid {child.pid})", err=True)
                 child.send_signal(signal.SIGTERM)
-                stopped_for_loss = True
+                stopped_for_loss, stopped_at = True, time.monotonic()
+            elif stopped_for_loss and time.monotonic() - stopped_at > KILL_AFTER_S:
+                click.echo(f"command (pid {child.pid}) ignored SIGTERM for {KILL_AFTER_S:g} s:"
+                           " SIGKILL", err=True)
+                child.kill()
+                stopped_at = float("inf")
         code = child.returncode
         try:
             held.release()
