@@ -69,7 +69,7 @@ class DevCluster:
     def __init__(self, data_dir: str | Path = DEFAULT_DATA_DIR, *, nodes: int = 3,
                  base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1",
                  shards: int = 64, fsync: bool = True, extra_args: tuple[str, ...] = (),
-                 name: str = "ringlock-dev") -> None:
+                 name: str = "ringlock-dev", env: dict[str, str] | None = None) -> None:
         if not 1 <= nodes <= 64:
             raise ConfigError(f"nodes must be in 1..64, got {nodes}")
         if not host.startswith("127."):
@@ -77,6 +77,8 @@ class DevCluster:
         self.data_dir = Path(data_dir).absolute()
         self.fsync = fsync
         self.extra_args = extra_args
+        self.env = env
+        """Extra environment of the node processes (torture sets RINGLOCK_FAULTS=1)."""
         existing = self._shape_file.exists()
         shape: dict[str, Any] = json.loads(self._shape_file.read_text()) if existing else {
             "name": name, "shards": shards,
@@ -140,7 +142,8 @@ class DevCluster:
             command.append("--no-fsync")
         with open(node.data_dir / "node.log", "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log, start_new_session=True)
+                                            stdout=log, stderr=log, start_new_session=True,
+                                            env={**os.environ, **self.env} if self.env else None)
         (node.data_dir / "pid").write_text(str(node.process.pid))
 
     def add_node(self, node_id: int, *, via: int | None = None) -> None:

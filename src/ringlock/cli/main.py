@@ -11,6 +11,7 @@ from ringlock.cli.kv import delete, get, node, put, scan, status
 from ringlock.cli.locks import lock, locks_command
 from ringlock.cli.serve import serve
 from ringlock.cli.sim import sim
+from ringlock.cli.torture import torture
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,7 @@ def cli() -> None:
 
 
 for command in (sim, demo, serve, dev, put, get, delete, scan, status, node, lock,
-                locks_command, bench):
+                locks_command, bench, torture):
     cli.add_command(command)
 
 

@@ -47,6 +47,7 @@ from ringlock.raft.messages import MessageType, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
+from ringlock.server.faults import FaultLayer, digest_replicas, faults_allowed
 from ringlock.server.lockops import LockOps
 from ringlock.server.membership import Membership
 from ringlock.server.replica import Reply, ShardReplica
@@ -106,6 +107,8 @@ class Node:
         self.current_origin: Connection | None = None
         """The connection whose request `dispatch` is handling (lock waits belong to it)."""
         self.membership = Membership(self)
+        # Torture hooks (server/faults.py): off unless RINGLOCK_FAULTS=1 on loopback.
+        self.faults = FaultLayer(self.id, faults_allowed(self.config.listen))
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
             "cas": self._op_cas, "scan": self._op_scan, "status": self._op_status,
@@ -115,6 +118,7 @@ class Node:
             "report": self.membership.op_report,
             "shard_change": self.membership.op_shard_change,
             **self.locks.ops(),
+            "digest": self._op_digest, **self.faults.ops(),  # torture hooks
         }
         self._started = False
         self.storage: NodeStorage | None = None
@@ -320,6 +324,8 @@ class Node:
         return True
 
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
+        if self.faults.drop_peers and self.faults.blocks(peer):  # torture partition
+            return
         for item in raw:
             try:
                 message = decode_message(item)
@@ -398,8 +404,8 @@ class Node:
 
     def _send_one(self, message: Any) -> None:
         link = self.links.get(message.to)
-        if link is None:
-            return
+        if link is None or (self.faults.drop_peers and self.faults.blocks(message.to)):
+            return  # (the second: a torture partition, server/faults.py)
         if message.snapshot is not None and not message.snapshot.data:
             try:
                 message.snapshot = self._snapshot_from_file(message.group, message.snapshot)
@@ -676,6 +682,11 @@ class Node:
             "lock_grants_pushed": self.locks.pushed,
             **self.membership.status(),
         }, None)
+
+
+    def _op_digest(self, body: dict[str, Any], reply: Reply) -> None:
+        """Every replica's applied index and state hash (server/faults.py, torture)."""
+        reply({"node": self.id, "groups": digest_replicas(self.replicas)}, None)
 
 
 def _ignore(result: Any, error: RequestError | None) -> None:

@@ -1,0 +1,91 @@
+"""Test-only hooks for `ringlock torture`: a transport fault layer, and state digests.
+
+Fault layer. Where network namespaces and iptables are not available (an unprivileged
+CI runner), a partition is made inside the node: told `{"op": "fault", "drop_peers":
+[ids]}`, the node drops every Raft message it would send to, or receives from, those
+peers, as a cut link would. Only Raft traffic is cut; client requests a node relays to
+a leader (and membership reports) still pass, so a partitioned node's clients are
+still served through the majority, as with a client that can reach both sides.
+
+The layer is off unless BOTH hold when the node starts: the environment variable
+RINGLOCK_FAULTS is exactly "1", and the node listens on a loopback address
+(127.0.0.0/8). Otherwise the `fault` op does not exist (an unknown command), so a
+production node cannot be partitioned by a request, by accident or on purpose. A node
+that has it on says so in its log at start.
+
+Digest. `{"op": "digest"}` answers, for every Raft group replica on the node,
+[applied index, sha256 of its state machine's snapshot bytes]. It reads, changes
+nothing, and is always available: two replicas of a group at the same applied index
+must have the same digest (the state machine is deterministic), which is how torture
+checks that the replicas converged after the faults healed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ringlock.address import parse_address
+from ringlock.errors import BadRequest
+from ringlock.server.replica import Reply
+
+log = logging.getLogger("ringlock.server")
+
+FAULTS_ENV = "RINGLOCK_FAULTS"
+
+
+def faults_allowed(listen: str, environ: dict[str, str] | None = None) -> bool:
+    """True only for a node started with RINGLOCK_FAULTS=1 that listens on loopback."""
+    env = os.environ if environ is None else environ
+    if env.get(FAULTS_ENV) != "1":
+        return False
+    host, _ = parse_address(listen)
+    return host.startswith("127.")
+
+
+class FaultLayer:
+    """The peers whose Raft traffic this node drops (empty: none, the normal case)."""
+
+    def __init__(self, node_id: int, enabled: bool) -> None:
+        self.node_id = node_id
+        self.enabled = enabled
+        self.drop_peers: frozenset[int] = frozenset()
+        self.dropped = 0
+        if enabled:
+            log.warning("node %d: FAULT INJECTION ENABLED (%s=1, loopback): the `fault` op "
+                        "can cut Raft traffic; never run this way in production",
+                        node_id, FAULTS_ENV)
+
+    def blocks(self, peer: int) -> bool:
+        """True when traffic with `peer` is cut; counts each message dropped."""
+        if peer in self.drop_peers:
+            self.dropped += 1
+            return True
+        return False
+
+    def ops(self) -> dict[str, Callable[[dict[str, Any], Reply], None]]:
+        """The `fault` op when enabled; nothing otherwise (the op is then unknown)."""
+        return {"fault": self._op_fault} if self.enabled else {}
+
+    def _op_fault(self, body: dict[str, Any], reply: Reply) -> None:
+        peers = body.get("drop_peers", [])
+        if not isinstance(peers, list) or not all(type(p) is int for p in peers):
+            raise BadRequest("drop_peers must be a list of node ids")
+        self.drop_peers = frozenset(p for p in peers if p != self.node_id)
+        log.warning("node %d: fault layer now drops Raft traffic with %s", self.node_id,
+                    sorted(self.drop_peers) or "no one")
+        reply({"node": self.node_id, "drop_peers": sorted(self.drop_peers),
+               "dropped": self.dropped}, None)
+
+
+def digest_replicas(replicas: dict[int, Any]) -> dict[int, list[Any]]:
+    """group -> [applied index, sha256 hex of the snapshot bytes], for every replica."""
+    digests: dict[int, list[Any]] = {}
+    for group, replica in sorted(replicas.items()):
+        sm = replica.sm
+        data: bytes = sm.snapshot()
+        digests[group] = [sm.applied_index, hashlib.sha256(data).hexdigest()]
+    return digests

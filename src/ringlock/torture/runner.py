@@ -1,0 +1,305 @@
+"""`ringlock torture`: real node processes, recording clients, seeded faults, then checks.
+
+One run:
+  1. start a DevCluster of N nodes in OUT/cluster with the transport fault layer on
+     (RINGLOCK_FAULTS=1; the nodes listen on loopback only);
+  2. start the clients: KV register clients and ack writers (a thread of this process),
+     lock workers (processes, so that a pause can stop one holding a lock);
+  3. inject the seeded faults one at a time, each healed before the next;
+  4. stop the clients, heal everything, wait until every group has a leader and every
+     replica of every group reports the same applied index;
+  5. check (torture/checks.py) and write OUT/history.jsonl and OUT/verdict.json; the
+     node logs are OUT/cluster/node-N/node.log.
+The verdict's last line is `torture: PASS ...` or `torture: FAIL <reason>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringlock.checker import LockHold, Op
+from ringlock.devcluster import DevCluster, free_base_port
+from ringlock.server.faults import FAULTS_ENV
+from ringlock.torture.checks import (
+    Check,
+    FencedWrite,
+    check_kv,
+    check_locks,
+    check_stored,
+    compare_digests,
+)
+from ringlock.torture.faults import FAULT_KINDS, PARTITION_MECHANISM, Fault, Injector, schedule
+from ringlock.torture.lockworker import fenced_key
+from ringlock.torture.workload import (
+    ACK_PREFIX,
+    KvWorkload,
+    read_registers,
+    scan_prefix,
+)
+from ringlock.transport.rpc import RpcConnection
+
+SHARDS = 8
+LOCK_TTL_S = 2.0
+LOCKS = ("torture-lock-0", "torture-lock-1")
+LOCK_WORKERS = 3
+CONVERGE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Options:
+    nodes: int = 3
+    seconds: float = 30.0
+    faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
+    seed: int = 1
+    out: Path = Path("torture-out")
+
+
+@dataclass
+class Outcome:
+    passed: bool
+    line: str
+    verdict: dict[str, Any]
+
+
+def run(options: Options, log: Any = print) -> Outcome:
+    """One torture run; raises only on a failure of the harness itself."""
+    out = options.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("history.jsonl", "verdict.json"):
+        (out / stale).unlink(missing_ok=True)
+    cluster = DevCluster(out / "cluster", nodes=options.nodes,
+                         base_port=free_base_port(options.nodes), shards=SHARDS,
+                         name=f"torture-{options.seed}", env={FAULTS_ENV: "1"})
+    workers: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    try:
+        log(f"torture: starting {options.nodes} nodes in {cluster.data_dir}")
+        cluster.start()
+        faults = schedule(options.seed, options.seconds, options.faults, sorted(cluster.nodes),
+                          LOCK_TTL_S)
+        kv = KvWorkload(cluster.addresses, seed=options.seed)
+        stop_file = out / "workers.stop"
+        stop_file.unlink(missing_ok=True)
+        worker_outputs = [out / f"lockworker-{i}.jsonl" for i in range(LOCK_WORKERS)]
+        for path in worker_outputs:
+            path.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        workers = [subprocess.Popen(
+            [sys.executable, "-m", "ringlock.torture.lockworker", cluster.cluster, str(i),
+             str(path), ",".join(LOCKS), str(LOCK_TTL_S), str(options.seed * 1000 + i),
+             str(stop_file)], env=env, stdin=subprocess.DEVNULL,
+            stdout=(out / f"lockworker-{i}.log").open("ab"), stderr=subprocess.STDOUT)
+            for i, path in enumerate(worker_outputs)]
+        kv.start()
+        injector = Injector(cluster, workers, worker_outputs)
+        _run_schedule(injector, faults, options.seconds, log)
+        log("torture: stopping clients, healing")
+        stop_file.touch()
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+        record = kv.stop()
+        injector.heal_all()
+        cluster.wait_ready(CONVERGE_TIMEOUT_S)
+        load_s = time.monotonic() - started
+        log("torture: converging")
+        digests, converge_note = _converge(cluster)
+        final_reads = asyncio.run(read_registers(cluster.addresses, kv.keys))
+        acked_store = asyncio.run(scan_prefix(cluster.addresses, ACK_PREFIX))
+        fenced_store: dict[str, tuple[str, int]] = {}
+        for lock in LOCKS:
+            fenced_store.update(asyncio.run(scan_prefix(cluster.addresses, f"{{{lock}}}/f/")))
+        holds, writes, lock_errors = _read_workers(worker_outputs)
+        history = record.history + final_reads
+        _write_history(out / "history.jsonl", history, holds, writes, faults, record.acked,
+                       record.unknown_writes)
+        log("torture: checking")
+        checks = [
+            check_kv(history),
+            check_locks(holds, writes, fenced_store, fenced_key),
+            check_stored(record.acked, record.unknown_writes, set(), acked_store),
+            _fenced_stored(writes, fenced_store),
+            digests,
+        ]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+        cluster.stop()
+    return _verdict(options, out, checks, faults, history, holds, lock_errors,
+                    load_s, converge_note, cluster)
+
+
+def _run_schedule(injector: Injector, faults: list[Fault], seconds: float, log: Any) -> None:
+    began = time.monotonic()
+    for fault in faults:
+        _sleep_until(began + fault.at)
+        fault.applied_at = round(time.monotonic() - began, 3)
+        injector.apply(fault)
+        log(f"torture: t={fault.applied_at:.1f}s {fault.kind} {fault.nodes} "
+            f"for {fault.duration:.1f}s {fault.detail.get('paused_lock_worker', '')}")
+        _sleep_until(began + fault.applied_at + fault.duration)
+        injector.heal(fault)
+        fault.healed_at = round(time.monotonic() - began, 3)
+    _sleep_until(began + seconds)
+
+
+def _sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+def _converge(cluster: DevCluster) -> tuple[Check, str]:
+    """Ask every node for its replicas' digests until every group's replicas are at one
+    applied index (then compared), or the deadline passes."""
+    started = time.monotonic()
+    deadline = started + CONVERGE_TIMEOUT_S
+    verified: dict[int, int] = {}
+    groups: set[int] = set()
+    diverged: list[str] = []
+    attempts = 0
+    while time.monotonic() < deadline:
+        attempts += 1
+        reports = asyncio.run(_digests(cluster))
+        groups |= {g for r in reports.values() for g in r}
+        agreed, diverged = compare_digests(reports)
+        if diverged:
+            break
+        verified.update({g: n for g, n in agreed.items() if n >= min(3, len(cluster.nodes))})
+        if groups and groups <= set(verified):
+            break
+        time.sleep(0.2)
+    missing = sorted(groups - set(verified))
+    seconds = time.monotonic() - started
+    ok = not diverged and not missing
+    if diverged:
+        message = "replicas differ at the same applied index: " + "; ".join(diverged[:3])
+    elif missing:
+        message = f"groups not converged in {CONVERGE_TIMEOUT_S:.0f} s: {missing}"
+    else:
+        message = (f"all {len(groups)} groups: every replica at one applied index with one "
+                   f"digest ({sum(verified.values())} replicas compared)")
+    check = Check("replicas_identical", ok, message, sum(verified.values()), seconds,
+                  {"groups": len(groups), "attempts": attempts})
+    return check, f"converged in {seconds:.1f} s"
+
+
+async def _digests(cluster: DevCluster) -> dict[int, dict[int, list[Any]]]:
+    async def ask(node_id: int) -> dict[int, list[Any]] | None:
+        connection = RpcConnection(cluster.nodes[node_id].address)
+        try:
+            answer = await connection.call({"op": "digest"}, 5.0)
+            return {int(g): v for g, v in answer["groups"].items()}
+        except Exception:
+            return None
+        finally:
+            await connection.close()
+
+    ids = sorted(cluster.nodes)
+    answers = await asyncio.gather(*[ask(n) for n in ids])
+    return {n: a for n, a in zip(ids, answers, strict=True) if a is not None}
+
+
+def _fenced_stored(writes: list[FencedWrite], stored: dict[str, tuple[str, int]]) -> Check:
+    """The fenced writes' keys: acknowledged ones there, refused ones absent."""
+    acked = {fenced_key(w.lock, w.token, w.write): f"{w.client}:{w.token}:{w.write}"
+             for w in writes if w.outcome == "ok"}
+    unknown = {fenced_key(w.lock, w.token, w.write): f"{w.client}:{w.token}:{w.write}"
+               for w in writes if w.outcome == "unknown"}
+    refused = {fenced_key(w.lock, w.token, w.write) for w in writes if w.outcome == "fenced"}
+    check = check_stored(acked, unknown, refused, stored)
+    check.name = "fenced_writes_stored"
+    return check
+
+
+def _read_workers(paths: list[Path]) -> tuple[list[LockHold], list[FencedWrite], list[str]]:
+    holds: list[LockHold] = []
+    writes: list[FencedWrite] = []
+    errors: list[str] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            if not line.endswith("}"):
+                continue  # a line cut by a kill
+            r = json.loads(line)
+            if r["type"] == "hold":
+                holds.append(LockHold(r["lock"], r["client"], r["token"], r["acquired"],
+                                      r["released"]))
+            elif r["type"] == "fenced_write":
+                writes.append(FencedWrite(r["client"], r["lock"], r["token"], r["write"],
+                                          r["call"], r["ret"], r["outcome"]))
+            else:
+                errors.append(r.get("error", line))
+    return holds, writes, errors
+
+
+def _write_history(path: Path, history: list[Op], holds: list[LockHold],
+                   writes: list[FencedWrite], faults: list[Fault], acked: dict[str, str],
+                   unknown: dict[str, str]) -> None:
+    with path.open("w") as f:
+        for fault in faults:
+            f.write(json.dumps(fault.to_json()) + "\n")
+        for op in history:
+            f.write(json.dumps({"type": "kv", "client": op.client, "key": op.key,
+                                "kind": op.kind, "arg": op.arg, "result": op.result,
+                                "call": op.call, "ret": op.ret,
+                                "outcome": "unknown" if op.ret is None else "ok"}) + "\n")
+        for hold in holds:
+            f.write(json.dumps({"type": "hold", "lock": hold.lock, "holder": hold.holder,
+                                "token": hold.token, "acquired": hold.acquired,
+                                "released": hold.released}) + "\n")
+        for w in writes:
+            f.write(json.dumps({"type": "fenced_write", **w.__dict__}) + "\n")
+        for key, value in acked.items():
+            f.write(json.dumps({"type": "ack_write", "key": key, "value": value,
+                                "outcome": "ok"}) + "\n")
+        for key, value in unknown.items():
+            f.write(json.dumps({"type": "ack_write", "key": key, "value": value,
+                                "outcome": "unknown"}) + "\n")
+
+
+def _verdict(options: Options, out: Path, checks: list[Check], faults: list[Fault],
+             history: list[Op], holds: list[LockHold], lock_errors: list[str], load_s: float,
+             converge_note: str, cluster: DevCluster) -> Outcome:
+    counts = {kind: sum(f.kind == kind for f in faults) for kind in options.faults}
+    failed = [c for c in checks if not c.ok]
+    enough = [f"no {kind} fault fit in {options.seconds:g} s" for kind in options.faults
+              if counts[kind] == 0]
+    if not holds:
+        enough.append("no lock was ever held")
+    checker_s = sum(c.seconds for c in checks if c.name != "replicas_identical")
+    passed = not failed and not enough
+    reason = "; ".join([f"{c.name}: {c.message}" for c in failed] + enough)
+    fault_text = ",".join(f"{k}:{v}" for k, v in counts.items())
+    summary = (f"nodes={options.nodes} seed={options.seed} seconds={options.seconds:g} "
+               f"ops={len(history)} holds={len(holds)} faults={fault_text} "
+               f"violations={len(failed)} checker={checker_s:.2f}s out={out}")
+    line = f"torture: PASS {summary}" if passed else f"torture: FAIL {reason} ({summary})"
+    verdict = {
+        "verdict": "PASS" if passed else "FAIL", "reason": reason or None,
+        "nodes": options.nodes, "seconds": options.seconds, "seed": options.seed,
+        "faults_asked": options.faults, "faults": counts,
+        "partition_mechanism": PARTITION_MECHANISM,
+        "ops_checked": len(history), "ops_unknown": sum(op.ret is None for op in history),
+        "lock_holds": len(holds), "lock_errors": lock_errors[:20],
+        "violations": len(failed), "checker_s": round(checker_s, 3),
+        "load_and_heal_s": round(load_s, 1), "convergence": converge_note,
+        "checks": {c.name: c.to_json() for c in checks},
+        "history": str(out / "history.jsonl"),
+        "node_logs": [str(n.data_dir / "node.log") for _, n in sorted(cluster.nodes.items())],
+        "last_line": line,
+    }
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    return Outcome(passed, line, verdict)
