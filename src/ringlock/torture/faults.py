@@ -114,7 +114,9 @@ class Injector:
             self.cluster.signal_node(fault.nodes[0], signal.SIGCONT)
             self._resume_workers()
         else:
-            self._partition({n: [] for n in self.cluster.nodes})
+            answers = self._partition({n: [] for n in self.cluster.nodes})
+            fault.detail["raft_messages_dropped"] = {
+                n: a.get("dropped") for n, a in answers.items() if "error" not in a}
 
     def heal_all(self) -> None:
         """Whatever may still be broken: every node running, resumed and fully connected."""
