@@ -47,3 +47,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The long torture run (30 min of faults on 5 real nodes); its result goes to
+# docs/RELIABILITY.md. A short run of every fault kind is part of `make test`.
+.PHONY: torture
+TORTURE_SEED ?= 1
+torture: $(STAMP)
+	$(BIN)/ringlock torture --nodes 5 --seconds 1800 --seed $(TORTURE_SEED) --out torture-out

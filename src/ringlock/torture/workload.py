@@ -23,8 +23,10 @@ from typing import Any
 from ringlock.checker import Op
 from ringlock.client.aio import AsyncClient
 
-CALL_TIMEOUT_S = 5.0
-"""One call's deadline, the client's retries included: past it the outcome is unknown."""
+CALL_TIMEOUT_S = 2.0
+"""One call's deadline, the client's retries included: past it the outcome is unknown.
+Shorter than a pause (1.5-2 lease TTLs), so that calls stuck on a stopped leader do end
+unknown and the checker has to place them."""
 REGISTER_PREFIX = "torture/kv/"
 ACK_PREFIX = "torture/w/"
 FINAL_READER = 1_000_000
