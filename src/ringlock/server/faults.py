@@ -17,7 +17,9 @@ Digest. `{"op": "digest"}` answers, for every Raft group replica on the node,
 [applied index, sha256 of its state machine's snapshot bytes]. It reads, changes
 nothing, and is always available: two replicas of a group at the same applied index
 must have the same digest (the state machine is deterministic), which is how torture
-checks that the replicas converged after the faults healed.
+checks that the replicas converged after the faults healed. It snapshots every
+replica on the event loop: cheap for torture's small shards, a stall on a node with
+millions of keys, so it is a test and diagnostic op, not one to poll in production.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ class FaultLayer:
                         "can cut Raft traffic; never run this way in production",
                         node_id, FAULTS_ENV)
 
-    def blocks(self, peer: int) -> bool:
-        """True when traffic with `peer` is cut; counts each message dropped."""
+    def blocks(self, peer: int, messages: int = 1) -> bool:
+        """True when traffic with `peer` is cut; counts the messages dropped."""
         if peer in self.drop_peers:
-            self.dropped += 1
+            self.dropped += messages
             return True
         return False
 

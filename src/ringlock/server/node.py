@@ -324,7 +324,7 @@ class Node:
         return True
 
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
-        if self.faults.drop_peers and self.faults.blocks(peer):  # torture partition
+        if self.faults.drop_peers and self.faults.blocks(peer, len(raw)):  # torture partition
             return
         for item in raw:
             try:
@@ -682,7 +682,6 @@ class Node:
             "lock_grants_pushed": self.locks.pushed,
             **self.membership.status(),
         }, None)
-
 
     def _op_digest(self, body: dict[str, Any], reply: Reply) -> None:
         """Every replica's applied index and state hash (server/faults.py, torture)."""
