@@ -28,7 +28,12 @@ _HEADER = struct.Struct(">I")
 
 
 class FrameError(RinglockError):
-    """The remote side sent bytes that are not a valid frame."""
+    """The remote side sent bytes that are not a valid frame.
+
+    `frames`: the bodies of the valid frames the same `feed` decoded before the bad
+    one, in order; the connection answers them before it refuses the rest."""
+
+    frames: list[Any] = []
 
 
 class FrameTooLarge(FrameError):
@@ -88,6 +93,9 @@ class FrameDecoder:
                 if version != FRAME_VERSION:
                     raise FrameError(f"frame version {version} is not {FRAME_VERSION}")
                 bodies.append(_decode_body(payload))
+        except FrameError as error:
+            error.frames = bodies
+            raise
         finally:
             if offset == 0 and buffered:
                 view.release()  # a large frame still arriving: keep growing, no copy

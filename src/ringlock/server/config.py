@@ -39,7 +39,7 @@ def parse_peers(text: str) -> dict[int, str]:
     peers: dict[int, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         node, sep, address = item.partition("=")
-        if not sep or not node.isdigit() or int(node) <= 0:
+        if not sep or not (node.isascii() and node.isdigit()) or int(node) <= 0:
             raise ConfigError(f"peer must be ID=HOST:PORT with a positive ID, got {item!r}")
         parse_address(address)
         peers[int(node)] = address
@@ -76,6 +76,12 @@ class NodeConfig:
         if self.node_id <= 0:
             raise ConfigError(f"node_id must be positive, got {self.node_id}")
         parse_address(self.listen)
+        if not isinstance(self.peers, dict) or not all(
+                type(node) is int and node > 0 for node in self.peers):
+            raise ConfigError(f"peers must map positive node ids to HOST:PORT, "
+                              f"got {self.peers!r:.80}")
+        for address in self.peers.values():
+            parse_address(address)
         if self.node_id not in self.peers:
             raise ConfigError(f"peers must include this node ({self.node_id})")
         if not 1 <= self.shards <= MAX_SHARDS:
@@ -112,7 +118,7 @@ def load_toml(path: str | Path, base: dict[str, Any] | None = None) -> dict[str,
             raw = tomllib.load(file)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error}") from error
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
     unknown = set(raw) - _TOML_KEYS
     if unknown:

@@ -46,11 +46,13 @@ class Connection:
                     break
                 try:
                     bodies = self.decoder.feed(data)
-                except FrameTooLarge as error:
-                    self._refuse(TooLarge(str(error)))
-                    break
                 except FrameError as error:
-                    self._refuse(BadRequest(str(error)))
+                    # The valid frames before the bad one (same read) are answered first.
+                    for body in error.frames:
+                        if not self.closed:
+                            self._handle(body)
+                    self._refuse(TooLarge(str(error)) if isinstance(error, FrameTooLarge)
+                                 else BadRequest(str(error)))
                     break
                 for body in bodies:
                     if self.closed:

@@ -95,7 +95,7 @@ class LockOps:
 
     def op_acquire(self, body: dict[str, Any], reply: Reply) -> None:
         shard, name = self._checked_name(body)
-        lease = rq.field(body, "lease", int)
+        lease = rq.checked_lease(body)
         waiter = _checked_waiter(body)
         wait = rq.field(body, "wait", bool, True)
         mode = rq.field(body, "mode", str, EXCLUSIVE)
@@ -162,7 +162,7 @@ class LockOps:
 
     def op_lease_ttl(self, body: dict[str, Any], reply: Reply) -> None:
         shard = rq.checked_shard(body, self.node.config.shards)
-        lease = rq.field(body, "lease", int)
+        lease = rq.checked_lease(body)
         replica = self.node.replica(shard)
 
         def ttl() -> None:

@@ -568,7 +568,7 @@ class Node:
         shard, key = rq.checked_key(body, self.config.shards, self.config.max_key_bytes)
         value = rq.checked_value(body, self.config.max_value_bytes)
         client, seq = rq.checked_session(body)
-        lease = rq.field(body, "lease", int, 0)
+        lease = rq.checked_lease(body, 0)
         prev = rq.field(body, "prev", bool, False)
         self._propose(shard, encode("put", client, seq, key, value, lease, prev,
                                     *rq.checked_fence(body)), reply)
@@ -605,7 +605,7 @@ class Node:
             raise BadRequest(
                 f"ttl_ms must be in {rq.MIN_LEASE_TTL_MS}..{rq.MAX_LEASE_TTL_MS}, got {ttl_ms}")
         client, seq = rq.checked_session(body)
-        lease = rq.field(body, "lease", int, 0) or random.randrange(1, 2**62)
+        lease = rq.checked_lease(body, 0) or random.randrange(1, 2**62)
         replica = self._replica(shard)
 
         def granted(result: Any, error: RequestError | None) -> None:
@@ -617,7 +617,7 @@ class Node:
 
     def _op_lease_revoke(self, body: dict[str, Any], reply: Reply) -> None:
         shard = rq.checked_shard(body, self.config.shards)
-        lease = rq.field(body, "lease", int)
+        lease = rq.checked_lease(body)
         client, seq = rq.checked_session(body)
         self._propose(shard, encode("lease_revoke", client, seq, lease), reply)
 
@@ -625,7 +625,7 @@ class Node:
         """Refresh a lease on the leader, without a log entry (as etcd does): a lease
         lives while its leader hears keepalives; a new leader restarts every clock."""
         shard = rq.checked_shard(body, self.config.shards)
-        lease = rq.field(body, "lease", int)
+        lease = rq.checked_lease(body)
         replica = self._replica(shard)
 
         def refresh() -> None:

@@ -64,6 +64,16 @@ def checked_session(body: dict[str, Any]) -> tuple[int, int]:
     return client, seq
 
 
+def checked_lease(body: dict[str, Any], default: Any = ...) -> int:
+    """A lease id: 0 (none, where a default allows it) or 1..2**63-1. A negative one was
+    granted, and a key put under it made every replica's apply raise (its record packs
+    the lease unsigned)."""
+    lease = field(body, "lease", int, default)
+    if not 0 <= lease < 2**63:
+        raise BadRequest(f"lease must be in 0..2**63-1, got {lease}")
+    return lease  # type: ignore[no-any-return]
+
+
 def checked_fence(body: dict[str, Any]) -> list[list[Any]]:
     """The optional `fence`, [lock name, token], as the trailing argument of a write
     command: [] when absent, so an unfenced command keeps its shape."""

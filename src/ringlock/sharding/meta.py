@@ -77,6 +77,15 @@ class GroupConfig:
         return tuple(sorted(self.voters + self.learners))
 
 
+def _is_node(value: Any) -> bool:
+    """A node (or group) id: a positive int, not a bool."""
+    return type(value) is int and 0 < value < 2**63
+
+
+def _nodes(value: Any) -> bool:
+    return type(value) is list and all(_is_node(node) for node in value)
+
+
 def encode_command(op: str, *args: Any) -> bytes:
     return msgpack.packb([op, *args], use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -141,9 +150,11 @@ class MetaStateMachine:
     def _add_node(self, node: int, address: str) -> int:
         if type(node) is not int or node <= 0 or node == META_GROUP:
             raise MetaError(f"node ids are positive integers, got {node!r}")
+        if type(address) is not str:
+            raise MetaError(f"bad address for node {node}: {address!r:.40} is not a string")
         try:
             parse_address(address)
-        except (ConfigError, TypeError, AttributeError) as error:
+        except ConfigError as error:
             raise MetaError(f"bad address for node {node}: {error}") from error
         known = self.members.get(node)
         if known is not None:
@@ -160,6 +171,9 @@ class MetaStateMachine:
         return self.version
 
     def _set_state(self, node: int, state: str) -> int:
+        if not _is_node(node) or type(state) is not str:
+            raise MetaError(f"set_state takes a node id and a state, got {node!r:.40}, "
+                            f"{state!r:.40}")
         member = self.members.get(node)
         if member is None:
             raise MetaError(f"node {node} is not a member")
@@ -178,8 +192,13 @@ class MetaStateMachine:
 
     def _shard_config(self, group: int, voters: list[int], learners: list[int],
                       conf_index: int) -> bool:
-        if group != META_GROUP and not 0 <= group < self.shards:
-            raise MetaError(f"no group {group}")
+        if type(group) is not int or (group != META_GROUP and not 0 <= group < self.shards):
+            raise MetaError(f"no group {group!r:.40}")
+        if (not _nodes(voters) or not _nodes(learners) or type(conf_index) is not int
+                or conf_index < 0):
+            raise MetaError(f"group {group}: a configuration is voters, learners (lists of "
+                            f"node ids) and a conf_index, got {voters!r:.40}, "
+                            f"{learners!r:.40}, {conf_index!r:.40}")
         known = self.configs.get(group)
         if known is not None and conf_index <= known.conf_index:
             return False  # an older (or the same) report: the map only moves forward
@@ -194,10 +213,12 @@ class MetaStateMachine:
         return True
 
     def _set_target(self, group: int, voters: list[int] | None) -> bool:
-        if not 0 <= group < self.shards:
-            raise MetaError(f"no shard {group}")
+        if type(group) is not int or not 0 <= group < self.shards:
+            raise MetaError(f"no shard {group!r:.40}")
         if voters is None:
             return self.targets.pop(group, None) is not None
+        if not _nodes(voters):
+            raise MetaError(f"shard {group}: a target is a list of node ids, got {voters!r:.40}")
         if len(set(voters)) != len(voters) or not voters:
             raise MetaError(f"shard {group}: target {voters} must be distinct nodes")
         for node in voters:

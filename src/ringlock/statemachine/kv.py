@@ -184,9 +184,14 @@ class ShardStateMachine:
             return None
         try:
             fields = msgpack.unpackb(command)
-            op, client, seq, args = fields[0], fields[1], fields[2], fields[3:]
-        except (ValueError, TypeError, IndexError, msgpack.ExtraData) as error:
-            return StateMachineError(f"malformed command: {error}")
+        except Exception as error:  # msgpack raises several types for bad input
+            return StateMachineError(f"malformed command: {error!r}")
+        if (type(fields) is not list or len(fields) < 3 or type(fields[0]) is not str
+                or not _is_id(fields[1]) or not _is_id(fields[2])):
+            # Checked before the dedup table is touched: a junk client or seq kept there
+            # would break every later snapshot.
+            return StateMachineError(f"malformed command: {fields!r:.80}")
+        op, client, seq, args = fields[0], fields[1], fields[2], fields[3:]
         if client:
             remembered = self.dedup.get(client, {})
             if seq in remembered:
@@ -212,6 +217,9 @@ class ShardStateMachine:
             return self._fenced(op, args)
         if op == "lease_grant":
             lease, ttl_ms = args
+            if not _is_lease(lease) or not lease or not _is_id(ttl_ms) or not ttl_ms:
+                raise StateMachineError(f"lease_grant takes a lease id (1..2**63-1) and a "
+                                        f"positive ttl_ms, got {lease!r:.40}, {ttl_ms!r:.40}")
             if lease in self.leases:
                 raise StateMachineError(f"lease {lease} exists")
             self.leases[lease] = (ttl_ms, set())
@@ -247,6 +255,7 @@ class ShardStateMachine:
         if len(args) not in (arity, arity + 1):
             raise StateMachineError(f"{op!r} takes {arity} arguments and a fence, "
                                     f"got {len(args)}")
+        _check_write(op, args[:arity])  # before anything changes
         fence = parse_fence(args[arity]) if len(args) > arity else None
         if fence is not None:
             self.locks.check_fence(*fence)
@@ -385,6 +394,35 @@ _ERROR_KINDS: dict[str, type[StateMachineError]] = {
     "lock_limit": LockLimitExceeded}
 _META = struct.Struct(">QQQQ")
 """create revision, mod revision, version, lease: stored in front of the value."""
+
+
+def _is_id(value: Any) -> bool:
+    """A client id, request seq or TTL: an int (not a bool) in 0..2**63-1."""
+    return type(value) is int and 0 <= value < 2**63
+
+
+_is_lease = _is_id
+"""Lease ids: 0 (none) or positive, below 2**63 (they are packed into each key's record)."""
+
+
+def _check_write(op: str, args: list[Any]) -> None:
+    """The argument types of put, delete and cas: checked up front, so a malformed write
+    is refused before it raises the revision or touches a key."""
+    if type(args[0]) is not bytes:
+        raise StateMachineError(f"{op!r}: a key is bytes, got {type(args[0]).__name__}")
+    if op == "put":
+        _, value, lease, prev_kv = args
+        good = type(value) is bytes and _is_lease(lease) and type(prev_kv) is bool
+    elif op == "delete":
+        good = type(args[1]) is bool
+    else:
+        _, target, expected, then, value = args
+        good = (target in ("value", "version", "mod_revision") and then in ("put", "delete")
+                and type(value) is bytes
+                and (expected is None or type(expected) is bytes if target == "value"
+                     else _is_id(expected)))
+    if not good:
+        raise StateMachineError(f"malformed {op!r} command: {args!r:.120}")
 
 
 def _at_most_one(op: str, optional: list[Any]) -> None:

@@ -49,7 +49,8 @@ def _entries(raw: Any) -> tuple[Entry, ...]:
     for item in raw:  # the hot path of a busy follower: checks inline, no calls
         if (type(item) is not list or len(item) != 4 or type(item[0]) is not int
                 or type(item[1]) is not int or item[0] < 0 or item[1] < 0
-                or item[2] not in _KINDS or type(item[3]) is not bytes):
+                or type(item[2]) is not int or item[2] not in _KINDS
+                or type(item[3]) is not bytes):
             raise FrameError(f"raft entry must be [index, term, kind, data], got {item!r:.80}")
         entries.append(Entry(item[0], item[1], item[3], _KINDS[item[2]]))
     return tuple(entries)
@@ -88,12 +89,13 @@ def decode_message(raw: Any) -> Message:
                              f"int, got {value!r:.40}")
     (kind, to, frm, term, group, index, log_term, entries, commit, reject, reject_hint,
      context, snapshot, transfer) = raw
-    if kind not in _TYPES:
+    if type(kind) is not int or kind not in _TYPES:  # an unhashable kind: TypeError
         raise FrameError(f"unknown raft message type {kind!r}")
     if type(reject) is not bool or type(transfer) is not bool:
         raise FrameError("raft message fields reject and transfer must be booleans")
     return Message(
         _TYPES[kind], to, frm, term, group, index, log_term,
-        _entries(entries) if entries else (), commit, reject, reject_hint, context,
+        _entries(entries) if entries or type(entries) is not list else (), commit, reject,
+        reject_hint, context,
         None if snapshot is None else _snapshot(snapshot), transfer,
     )
