@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ringlock import FencedOut, LockWaitAborted, NotHolder
+from ringlock import FencedOut, LockWaitAborted, NotFound, NotHolder
 from ringlock.client import AsyncClient, Lease
 from ringlock.devcluster import DevCluster
 from ringlock.errors import WaitSuperseded
@@ -424,3 +424,34 @@ def test_the_lock_command_stops_its_command_when_the_lock_is_lost(
         if runner.poll() is None:
             runner.kill()
             runner.wait(10)
+
+
+def test_an_idle_session_gives_its_lease_back_but_a_holding_one_does_not(
+        cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ringlock.client import locks as client_locks
+
+    monkeypatch.setattr(client_locks, "IDLE_SESSION_S", 1.0)
+
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client:
+            held = client.lock("kept", ttl=0.6)
+            once = client.lock("{kept}once", ttl=0.6)  # the same shard and TTL: one session
+            assert await held.acquire()
+            assert await once.acquire()
+            await once.release()
+            session = held._session
+            assert session is not None
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # well past IDLE_SESSION_S, still held
+                assert held.valid and session.lost_reason is None
+                await asyncio.sleep(0.1)
+            await held.release()
+            deadline = time.monotonic() + 10
+            while session.lost_reason != "idle":
+                assert time.monotonic() < deadline, "the idle session was kept alive"
+                await asyncio.sleep(0.1)
+            with pytest.raises(NotFound):
+                await client.ttl_remaining(session.lease)  # given back, not left to expire
+            assert await client.lock("kept", ttl=0.6).acquire(timeout=5)  # a new session
+
+    asyncio.run(run())

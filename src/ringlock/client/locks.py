@@ -53,6 +53,8 @@ MIN_LOCK_TTL_S = 0.5
 KEEPALIVES_PER_TTL = 3
 """Keepalives sent per TTL: two may be lost before the lease is."""
 RETRY_KEEPALIVE_S = 0.1
+IDLE_SESSION_S = 60.0
+"""A session with nothing held or awaited under it this long gives its lease back."""
 """After a failed keepalive, the next one goes this soon (within the TTL)."""
 FOREVER_S = 10.0 * 365 * 24 * 3600
 """A wait with no timeout: a deadline nobody reaches."""
@@ -117,6 +119,9 @@ class LockSession:
         self.lost_reason: str | None = None
         self.holds: set[AsyncLock] = set()
         self.keepalives = 0
+        self.users = 0
+        """Acquires waiting under this session right now."""
+        self.idle_since = sent_at
         self._task = asyncio.get_running_loop().create_task(self._keep_alive())
 
     def valid(self) -> bool:
@@ -144,6 +149,33 @@ class LockSession:
             self.valid_until = max(self.valid_until, sent + self.ttl)
             self.keepalives += 1
             pause = interval
+            if self.idle_for() >= IDLE_SESSION_S:
+                self.retire()
+                return
+
+    def use(self) -> None:
+        """An acquire is waiting under this session: it must not be retired."""
+        self.users += 1
+
+    def done_with(self) -> None:
+        self.users -= 1
+        self.idle_since = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds without a hold or a waiting acquire (0 while it has one)."""
+        if self.holds or self.users:
+            return 0.0
+        return time.monotonic() - self.idle_since
+
+    def retire(self) -> None:
+        """Idle: give the lease back rather than keep it alive for nothing. Nothing is
+        held or awaited under it (checked on the event loop, so nothing starts meanwhile:
+        an acquire that took this session has called `use` already)."""
+        self.lost_reason = "idle"
+        self.client.sessions.forget(self)
+        task = asyncio.get_running_loop().create_task(self._revoke())
+        self.client.sessions.background.add(task)
+        task.add_done_callback(self.client.sessions.background.discard)
 
     def lose(self, reason: str) -> None:
         """Stop believing in the lease: its locks are lost, loudly."""
@@ -338,6 +370,15 @@ class AsyncLock:
             raise
 
     async def _wait_for_grant(self, shard: int, blocking: bool, deadline: float) -> bool:
+        used: list[LockSession] = []
+        try:
+            return await self._wait_under_sessions(shard, blocking, deadline, used)
+        finally:
+            for session in used:
+                session.done_with()
+
+    async def _wait_under_sessions(self, shard: int, blocking: bool, deadline: float,
+                                   used: list[LockSession]) -> bool:
         client = self.client
         body: dict[str, Any] = {}
         session: LockSession | None = None
@@ -350,6 +391,10 @@ class AsyncLock:
             if session is None or not session.valid():
                 session = await client.sessions.get(shard, self.ttl_ms,
                                                     max(0.001, min(client.timeout, remaining)))
+                if not session.valid():
+                    continue  # retired or lost while we were handed it: another one
+                session.use()  # at once, with no await between: it cannot retire now
+                used.append(session)
             if not body or body["lease"] != session.lease.id:
                 if body:  # the session changed under a queued waiter: leave, queue anew
                     self._settle_later(shard, self._cancel_body(shard, body["waiter"]))
@@ -423,6 +468,7 @@ class AsyncLock:
         self.token = None
         if session is not None:
             session.holds.discard(self)
+            session.idle_since = time.monotonic()
         shard = shard_of(self.name, client.shard_count)
         body = client.with_session({"op": "lock_release", "name": self.name,
                                     "shard": shard, "waiter": self.waiter})
