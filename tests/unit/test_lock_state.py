@@ -4,8 +4,6 @@ tokens that only grow, stale fenced writes refused, a lapsed holder's lock hande
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -20,35 +18,13 @@ from ringlock.statemachine.kv import (
     LeaseRevoked,
     LockLimitExceeded,
     NotHolder,
-    encode,
 )
 from ringlock.statemachine.locks import Holder, LockInfo, Waiter
-
-
-class Shard:
-    """A state machine fed commands at increasing indexes."""
-
-    def __init__(self, machine: ShardStateMachine | None = None) -> None:
-        self.machine = machine if machine is not None else ShardStateMachine()
-        self.index = self.machine.applied_index
-
-    def __call__(self, op: str, *args: Any, client: int = 0, seq: int = 0) -> Any:
-        self.index += 1
-        return self.machine.apply(self.index, encode(op, client, seq, *args))
-
-    def restored(self) -> Shard:
-        return Shard(ShardStateMachine.restore(self.machine.snapshot()))
-
-
-def _shard_with_leases(*leases: int) -> Shard:
-    shard = Shard()
-    for lease in leases:
-        assert shard("lease_grant", lease, 10_000) == lease
-    return shard
+from tests.unit.shard_helpers import Shard, shard_with_leases
 
 
 def test_a_free_lock_is_granted_and_later_waiters_queue_in_order() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     granted = shard("lock_acquire", b"L", 1, 10)
     assert granted == ("granted", shard.machine.revision) and isinstance(granted, Acquired)
     assert shard("lock_acquire", b"L", 2, 20) == ("queued", 1)
@@ -58,7 +34,7 @@ def test_a_free_lock_is_granted_and_later_waiters_queue_in_order() -> None:
 
 
 def test_release_grants_the_next_waiter_in_fifo_order() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     first = shard("lock_acquire", b"L", 1, 10).value
     shard("lock_acquire", b"L", 3, 30)
     shard("lock_acquire", b"L", 2, 20)
@@ -71,7 +47,7 @@ def test_release_grants_the_next_waiter_in_fifo_order() -> None:
 
 
 def test_acquire_again_by_the_same_waiter_reports_its_status() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     token = shard("lock_acquire", b"L", 1, 10).value
     shard("lock_acquire", b"L", 2, 20)
     shard("lock_acquire", b"L", 3, 30)
@@ -84,14 +60,14 @@ def test_acquire_again_by_the_same_waiter_reports_its_status() -> None:
 
 
 def test_acquire_without_a_live_lease_is_refused_and_changes_nothing() -> None:
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     result = shard("lock_acquire", b"L", 2, 10)
     assert isinstance(result, StateMachineError) and "lease 2 not found" in str(result)
     assert shard.machine.locks_info() == [] and shard.machine.revision == 0
 
 
 def test_release_by_a_waiter_that_does_not_hold_is_refused() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     shard("lock_acquire", b"L", 1, 10)
     shard("lock_acquire", b"L", 2, 20)
     before = shard.machine.locks_info()
@@ -102,7 +78,7 @@ def test_release_by_a_waiter_that_does_not_hold_is_refused() -> None:
 
 
 def test_cancel_leaves_the_queue_and_a_holder_cancelling_releases() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"L", 1, 10)
     shard("lock_acquire", b"L", 2, 20)
     shard("lock_acquire", b"L", 3, 30)
@@ -118,7 +94,7 @@ def test_cancel_leaves_the_queue_and_a_holder_cancelling_releases() -> None:
 
 
 def test_a_try_acquire_of_a_held_lock_answers_busy_and_does_not_queue() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     token = shard("lock_acquire", b"L", 1, 10, True).value
     assert shard("lock_acquire", b"L", 2, 20, False) == ("busy", 0)
     assert shard.machine.locks_info() == [LockInfo(b"L", [Holder(10, 1, token)], [])]
@@ -127,7 +103,7 @@ def test_a_try_acquire_of_a_held_lock_answers_busy_and_does_not_queue() -> None:
 
 
 def test_a_queued_only_cancel_leaves_the_queue_but_never_releases() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     token = shard("lock_acquire", b"L", 1, 10).value
     shard("lock_acquire", b"L", 2, 20)
     assert shard("lock_cancel", b"L", 10, True) is None
@@ -138,7 +114,7 @@ def test_a_queued_only_cancel_leaves_the_queue_but_never_releases() -> None:
 
 
 def test_departures_count_cancels_and_lease_ends_but_not_releases() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     table = shard.machine.locks
     shard("lock_acquire", b"L", 1, 10)
     shard("lock_acquire", b"L", 2, 20)
@@ -153,7 +129,7 @@ def test_departures_count_cancels_and_lease_ends_but_not_releases() -> None:
 
 
 def test_revoking_a_lease_drops_its_holds_and_waits_and_hands_the_locks_on() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("put", b"k", b"v", 1, False)
     shard("lock_acquire", b"A", 1, 10)   # 1 holds A
     shard("lock_acquire", b"A", 1, 11)   # and waits for A
@@ -176,7 +152,7 @@ def test_revoking_a_lease_drops_its_holds_and_waits_and_hands_the_locks_on() -> 
 
 
 def test_tokens_grow_across_release_reacquire_and_snapshots() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     tokens = [shard("lock_acquire", b"L", 1, 10).value]
     shard("lock_release", b"L", 10)  # the lock is free and forgotten
     shard("put", b"unrelated", b"x", 0, False)
@@ -191,7 +167,7 @@ def test_tokens_grow_across_release_reacquire_and_snapshots() -> None:
 
 
 def test_a_fenced_put_is_refused_after_a_newer_grant_and_accepted_with_the_newest() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     old = shard("lock_acquire", b"L", 1, 10).value
     assert shard("put", b"k", b"first", 0, False, [b"L", old]) is None
     shard("lock_acquire", b"L", 2, 20)
@@ -236,7 +212,7 @@ def test_malformed_fences_are_refused() -> None:
 
 
 def test_a_retried_acquire_gets_the_same_result_even_after_a_snapshot() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     first = shard("lock_acquire", b"L", 1, 10, client=7, seq=1)
     queued = shard("lock_acquire", b"L", 2, 20, client=8, seq=1)
     revision = shard.machine.revision
@@ -258,7 +234,7 @@ def test_limits_have_names_and_clear_errors(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(locks_module, "MAX_LOCK_NAME_BYTES", 4)
     monkeypatch.setattr(locks_module, "MAX_WAITERS_PER_LOCK", 2)
     monkeypatch.setattr(locks_module, "MAX_LOCKS_PER_SHARD", 2)
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     too_long = shard("lock_acquire", b"12345", 1, 1)
     assert isinstance(too_long, LockLimitExceeded) and "MAX_LOCK_NAME_BYTES" in str(too_long)
     assert isinstance(shard("put", b"k", b"v", 0, False, [b"12345", 1]), LockLimitExceeded)
@@ -278,7 +254,7 @@ def test_the_fence_table_forgets_the_least_recently_used_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(locks_module, "MAX_FENCED_LOCKS", 2)
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     shard("put", b"k", b"v", 0, False)
     held = shard("lock_acquire", b"held", 1, 1).value
     assert held == 2
@@ -294,7 +270,7 @@ def test_the_fence_table_forgets_the_least_recently_used_name(
 
 
 def test_a_snapshot_round_trips_every_lock_field() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"A", 1, 10)
     shard("lock_acquire", b"A", 3, 30)
     shard("lock_acquire", b"A", 2, 20)
@@ -314,7 +290,7 @@ def test_a_snapshot_round_trips_every_lock_field() -> None:
 
 
 def test_a_snapshot_of_the_second_format_still_restores() -> None:
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     shard("put", b"k", b"v", 1, False)
     fields = msgpack.unpackb(shard.machine.snapshot(), strict_map_key=False)
     legacy = msgpack.packb([2, *fields[1:6]])
@@ -362,7 +338,7 @@ class Model:
 def test_random_lock_traffic_keeps_the_invariants_and_fifo_order(
     steps: list[tuple[str, bytes, int, int]],
 ) -> None:
-    shard = _shard_with_leases(*LEASES)
+    shard = shard_with_leases(*LEASES)
     model = Model()
     last_token: dict[bytes, int] = {}
 

@@ -21,7 +21,6 @@ from ringlock.statemachine.kv import (
     LeaseRevoked,
     LockLimitExceeded,
     NotHolder,
-    encode,
 )
 from ringlock.statemachine.locks import (
     LOCK_RECORD_FORMAT,
@@ -31,28 +30,7 @@ from ringlock.statemachine.locks import (
     Waiter,
     grants_of,
 )
-
-
-class Shard:
-    """A state machine fed commands at increasing indexes."""
-
-    def __init__(self, machine: ShardStateMachine | None = None) -> None:
-        self.machine = machine if machine is not None else ShardStateMachine()
-        self.index = self.machine.applied_index
-
-    def __call__(self, op: str, *args: Any, client: int = 0, seq: int = 0) -> Any:
-        self.index += 1
-        return self.machine.apply(self.index, encode(op, client, seq, *args))
-
-    def restored(self) -> Shard:
-        return Shard(ShardStateMachine.restore(self.machine.snapshot()))
-
-
-def _shard_with_leases(*leases: int) -> Shard:
-    shard = Shard()
-    for lease in leases:
-        assert shard("lease_grant", lease, 10_000) == lease
-    return shard
+from tests.unit.shard_helpers import Shard, shard_with_leases
 
 
 def _holders(shard: Shard, name: bytes) -> list[int]:
@@ -69,7 +47,7 @@ def _queue(shard: Shard, name: bytes) -> list[tuple[int, str]]:
 
 
 def test_readers_share_a_lock_each_with_its_own_token() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     first = shard("lock_acquire", b"L", 1, 10, True, "s")
     second = shard("lock_acquire", b"L", 2, 20, True, "s")
     third = shard("lock_acquire", b"L", 3, 30, False, "s")  # a try: granted, not busy
@@ -90,7 +68,7 @@ def test_readers_share_a_lock_each_with_its_own_token() -> None:
 
 
 def test_a_writer_waits_for_every_reader() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"L", 1, 10, True, "s")
     shard("lock_acquire", b"L", 2, 20, True, "s")
     assert shard("lock_acquire", b"L", 3, 30, False, "x") == ("busy", 0)
@@ -103,7 +81,7 @@ def test_a_writer_waits_for_every_reader() -> None:
 
 
 def test_a_reader_arriving_behind_a_waiting_writer_waits_so_writers_do_not_starve() -> None:
-    shard = _shard_with_leases(1, 2, 3, 4)
+    shard = shard_with_leases(1, 2, 3, 4)
     shard("lock_acquire", b"L", 1, 10, True, "s")
     shard("lock_acquire", b"L", 2, 20, True, "x")
     assert shard("lock_acquire", b"L", 3, 30, False, "s") == ("busy", 0)  # a try: busy
@@ -118,7 +96,7 @@ def test_a_reader_arriving_behind_a_waiting_writer_waits_so_writers_do_not_starv
 
 
 def test_a_writers_release_grants_the_run_of_readers_at_the_head_at_once() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     shard("lock_acquire", b"L", 1, 1, True, "x")
     for waiter, mode in ((2, "s"), (3, "s"), (4, "s"), (5, "x"), (6, "s")):
         shard("lock_acquire", b"L", 2, waiter, True, mode)
@@ -139,7 +117,7 @@ def test_a_writers_release_grants_the_run_of_readers_at_the_head_at_once() -> No
 
 
 def test_a_writer_leaving_the_queue_lets_the_readers_behind_it_in() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"L", 1, 10, True, "s")
     shard("lock_acquire", b"L", 2, 20, True, "x")
     shard("lock_acquire", b"L", 3, 30, True, "s")
@@ -157,7 +135,7 @@ def test_a_writer_leaving_the_queue_lets_the_readers_behind_it_in() -> None:
 
 
 def test_a_waiter_asking_again_in_another_mode_is_refused() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     shard("lock_acquire", b"L", 1, 10, True, "s")
     shard("lock_acquire", b"L", 2, 20, True, "x")
     revision = shard.machine.revision
@@ -171,7 +149,7 @@ def test_a_waiter_asking_again_in_another_mode_is_refused() -> None:
 
 
 def test_a_semaphore_admits_its_limit_then_queues_and_a_release_admits_the_next() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     results = [shard("lock_acquire", b"S", 1 + w % 2, w, True, "n", 3) for w in range(5)]
     assert [r.status for r in results] == ["granted"] * 3 + ["queued"] * 2
     assert [r.value for r in results[3:]] == [1, 2]
@@ -193,7 +171,7 @@ def test_a_semaphore_admits_its_limit_then_queues_and_a_release_admits_the_next(
 
 
 def test_a_semaphores_freed_slots_go_to_its_head_waiters_up_to_the_limit() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     for waiter in (1, 2, 3):
         shard("lock_acquire", b"S", 1, waiter, True, "n", 3)
     for waiter in (4, 5, 6, 7):
@@ -207,7 +185,7 @@ def test_a_semaphores_freed_slots_go_to_its_head_waiters_up_to_the_limit() -> No
 
 
 def test_mismatched_limits_and_modes_are_refused_with_clear_errors() -> None:
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     shard("lock_acquire", b"S", 1, 1, True, "n", 2)
     shard("lock_acquire", b"L", 1, 1, True, "s")
     revision = shard.machine.revision
@@ -237,7 +215,7 @@ def test_mismatched_limits_and_modes_are_refused_with_clear_errors() -> None:
 def test_the_semaphore_limit_is_a_named_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(locks_module, "MAX_SEMAPHORE_LIMIT", 2)
     monkeypatch.setattr(locks_module, "MAX_WAITERS_PER_LOCK", 1)
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     assert isinstance(shard("lock_acquire", b"S", 1, 1, True, "n", 3), LockLimitExceeded)
     for waiter in (1, 2, 3):
         shard("lock_acquire", b"S", 1, waiter, True, "n", 2)
@@ -249,7 +227,7 @@ def test_the_semaphore_limit_is_a_named_limit(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_lease_revoke_hands_on_to_several_waiters_of_several_locks() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"A", 1, 10, True, "x")
     shard("lock_acquire", b"A", 2, 20, True, "s")
     shard("lock_acquire", b"A", 3, 30, True, "s")
@@ -275,7 +253,7 @@ def test_a_lease_revoke_hands_on_to_several_waiters_of_several_locks() -> None:
 
 
 def test_a_snapshot_round_trips_modes_limits_holders_queues_and_fences() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     shard("lock_acquire", b"R", 1, 10, True, "s")
     shard("lock_acquire", b"R", 2, 20, True, "s")
     shard("lock_acquire", b"R", 3, 30, True, "x")
@@ -305,7 +283,7 @@ def test_a_snapshot_round_trips_modes_limits_holders_queues_and_fences() -> None
 
 
 def test_a_lock_record_of_the_first_format_still_restores() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     shard("lock_acquire", b"L", 1, 10)
     shard("lock_acquire", b"L", 2, 20)
     shard("put", b"k", b"v", 0, False, [b"remote", 7])
@@ -326,7 +304,7 @@ def test_a_lock_record_of_the_first_format_still_restores() -> None:
 
 
 def test_shared_holders_do_not_fence_each_other_out_but_a_later_writer_does() -> None:
-    shard = _shard_with_leases(1, 2, 3)
+    shard = shard_with_leases(1, 2, 3)
     first = shard("lock_acquire", b"L", 1, 10, True, "s").value
     second = shard("lock_acquire", b"L", 2, 20, True, "s").value
     assert shard("put", b"k", b"2", 0, False, [b"L", second, "s"]) is None
@@ -342,7 +320,7 @@ def test_shared_holders_do_not_fence_each_other_out_but_a_later_writer_does() ->
 
 
 def test_a_stale_writer_is_fenced_out_by_later_readers() -> None:
-    shard = _shard_with_leases(1, 2)
+    shard = shard_with_leases(1, 2)
     old = shard("lock_acquire", b"L", 1, 10, True, "x").value
     shard("lock_acquire", b"L", 2, 20, True, "s")
     reader = shard("lease_revoke", 1).grants[0].token
@@ -367,7 +345,7 @@ def test_fences_for_a_lock_of_another_shard_follow_the_mode_they_carry() -> None
 
 
 def test_semaphore_holders_do_not_fence_each_other_out() -> None:
-    shard = _shard_with_leases(1)
+    shard = shard_with_leases(1)
     tokens = [shard("lock_acquire", b"S", 1, w, True, "n", 3).value for w in (1, 2, 3)]
     for token in reversed(tokens):
         assert shard("put", b"k", b"v", 0, False, [b"S", token, "n"]) is None
@@ -461,7 +439,7 @@ step = st.tuples(st.sampled_from(KINDS), st.sampled_from(NAMES), st.integers(0, 
 def test_random_read_write_and_semaphore_traffic_matches_a_reference_model(
     steps: list[tuple[str, bytes, int, int, str, int]],
 ) -> None:
-    shard = _shard_with_leases(*LEASES)
+    shard = shard_with_leases(*LEASES)
     model = Model()
     tokens: dict[tuple[bytes, int], int] = {}  # (name, holder) -> its token
     last = 0
