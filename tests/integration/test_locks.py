@@ -455,3 +455,22 @@ def test_an_idle_session_gives_its_lease_back_but_a_holding_one_does_not(
             assert await client.lock("kept", ttl=0.6).acquire(timeout=5)  # a new session
 
     asyncio.run(run())
+
+
+def test_an_acquire_under_a_lease_the_cluster_ended_takes_a_new_session(
+        cluster: DevCluster) -> None:
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client, \
+                AsyncClient(cluster.addresses) as other:
+            first = client.lock("{z}a", ttl=30)
+            assert await first.acquire()
+            session = first._session
+            assert session is not None
+            await first.release()
+            await other.revoke(session.lease)  # ended on the cluster; the client, with a
+            second = client.lock("{z}b", ttl=30)  # keepalive due in 10 s, does not know
+            assert await second.acquire(timeout=10)
+            assert second._session is not session and session.lost_reason is not None
+            await second.release()
+
+    asyncio.run(run())

@@ -415,6 +415,13 @@ class AsyncLock:
             except LockWaitAborted:
                 body = {}  # our lease ended or the wait was cancelled: queue anew
                 continue
+            except NotFound:
+                # The cluster ended our lease before we knew (this process was paused
+                # past its TTL, say): that session is over; queue anew under another.
+                session.lose(f"lease {session.lease.id} was gone when lock {self.name!r} "
+                             "was asked for")
+                body = {}
+                continue
             except RequestTimeout:
                 continue  # the deadline, checked at the top
             if status == "busy":

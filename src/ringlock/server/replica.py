@@ -25,7 +25,7 @@ from ringlock.raft.messages import (
     Role,
     Snapshot,
 )
-from ringlock.statemachine import locks
+from ringlock.statemachine import kv, locks
 from ringlock.statemachine.kv import ShardStateMachine
 
 
@@ -264,4 +264,5 @@ def _command_failed(error: Exception) -> RequestError:
 
 _REFUSALS: tuple[tuple[type[Exception], type[RequestError]], ...] = (
     (locks.FencedOut, errors.FencedOut), (locks.NotHolder, errors.NotHolder),
-    (locks.LockLimitExceeded, errors.LockLimitExceeded))
+    (locks.LockLimitExceeded, errors.LockLimitExceeded),
+    (kv.LeaseNotFound, errors.NotFound))

@@ -103,6 +103,11 @@ __all__ = ["Acquired", "Compare", "FencedOut", "Grant", "Grants", "KeyValue",
            "StateMachineError", "encode"]
 
 
+class LeaseNotFound(StateMachineError):
+    """A lock was asked for under a lease this shard does not have (it expired or was
+    revoked): the client's session is gone, and it takes a new one."""
+
+
 class LeaseRevoked(int):
     """The result of `lease_revoke`: the number of keys deleted (an int, as before locks,
     and what goes on the wire), with `grants`, the locks the revoke handed to the next
@@ -233,7 +238,7 @@ class ShardStateMachine:
                 raise StateMachineError(f"'lock_acquire' takes three optional arguments "
                                         f"(queue, mode, limit), got {len(optional)}")
             if lease not in self.leases:
-                raise StateMachineError(f"lease {lease} not found (expired or revoked)")
+                raise LeaseNotFound(f"lease {lease} not found (expired or revoked)")
             queue = bool(optional[0]) if optional else True
             return self.locks.acquire(name, lease, waiter, queue, *optional[1:])
         if op == "lock_release":
@@ -391,7 +396,7 @@ _FENCED_ARITY = {"put": 4, "delete": 2, "cas": 5}
 """Arguments of the writes that take a fence, the fence not counted."""
 _ERROR_KINDS: dict[str, type[StateMachineError]] = {
     "error": StateMachineError, "fenced_out": FencedOut, "not_holder": NotHolder,
-    "lock_limit": LockLimitExceeded}
+    "lock_limit": LockLimitExceeded, "lease_not_found": LeaseNotFound}
 _META = struct.Struct(">QQQQ")
 """create revision, mod revision, version, lease: stored in front of the value."""
 
