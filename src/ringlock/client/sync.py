@@ -230,16 +230,14 @@ class ReadWriteLock:
 
     def __init__(self, client: Client, name: Key, ttl: float) -> None:
         self._client = client
-        self.name = to_bytes(name)
-        self.ttl = ttl
+        self._inner = client._aio.rwlock(name, ttl=ttl)
+        self.name = self._inner.name
 
     def read(self, on_lost: Callable[[Lock], None] | None = None) -> Lock:
-        return Lock(self._client, AsyncLock(self._client._aio, self.name, ttl=self.ttl,
-                                            on_lost=None, mode="s"), on_lost)
+        return Lock(self._client, self._inner.read(), on_lost)
 
     def write(self, on_lost: Callable[[Lock], None] | None = None) -> Lock:
-        return Lock(self._client, AsyncLock(self._client._aio, self.name, ttl=self.ttl,
-                                            on_lost=None, mode="x"), on_lost)
+        return Lock(self._client, self._inner.write(), on_lost)
 
 
 class Election:

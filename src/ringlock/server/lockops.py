@@ -166,13 +166,12 @@ class LockOps:
         replica = self.node.replica(shard)
 
         def ttl() -> None:
-            held = replica.sm.leases.get(lease)
-            if held is None or lease in replica.lease_expiring:
+            ttl_ms = replica.live_lease_ttl_ms(lease)
+            if ttl_ms is None:
                 reply(None, NotFound(f"lease {lease} not found (expired or revoked)"))
                 return
             left = _left_ms(replica.lease_deadlines.get(lease), time.monotonic())
-            reply({"ttl_ms": held[0], "remaining_ms": held[0] if left is None else left},
-                  None)
+            reply({"ttl_ms": ttl_ms, "remaining_ms": ttl_ms if left is None else left}, None)
 
         replica.read(ttl, reply)
         self.node.mark(shard)

@@ -629,14 +629,12 @@ class Node:
         replica = self._replica(shard)
 
         def refresh() -> None:
-            held = replica.sm.leases.get(lease)
-            if held is None or lease in replica.lease_expiring:
-                # Expiring: this leader proposed its revoke; a keepalive must not let the
-                # client believe in it again while the revoke is on its way (as etcd).
+            ttl_ms = replica.live_lease_ttl_ms(lease)
+            if ttl_ms is None:
                 reply(None, NotFound(f"lease {lease} not found (expired or revoked)"))
                 return
-            replica.lease_deadlines[lease] = time.monotonic() + held[0] / 1000
-            reply(held[0], None)
+            replica.lease_deadlines[lease] = time.monotonic() + ttl_ms / 1000
+            reply(ttl_ms, None)
 
         replica.read(refresh, reply)
         self._mark(shard)

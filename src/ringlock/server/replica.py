@@ -106,6 +106,14 @@ class ShardReplica(Generic[M]):
 
     # ------------------------------------------------------------------ requests
 
+    def live_lease_ttl_ms(self, lease: int) -> int | None:
+        """The lease's TTL if it lives and this leader is not already revoking it (a
+        keepalive must not revive a lease whose expiry was decided, as etcd's Renew)."""
+        held = getattr(self.sm, "leases", {}).get(lease)
+        if held is None or lease in self.lease_expiring:
+            return None
+        return int(held[0])
+
     def not_leader(self) -> NotLeader:
         leader = self.raft.leader
         address = self._address_of(leader) if leader else None

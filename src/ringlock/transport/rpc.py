@@ -114,20 +114,13 @@ class RpcConnection:
 
     async def call(self, body: dict[str, Any], timeout: float) -> Any:
         """Send `body` (an `op` and its fields) and wait for its answer."""
-        if self._writer is None:
-            await asyncio.wait_for(self.connect(), timeout)
-        if self.broken or self._writer is None:
-            raise Unavailable(f"connection to {self.address} is broken")
+        await self._ready(timeout)
         request_id = next(self._ids)
         body["id"] = request_id
-        frame = encode_frame(body, max_frame_bytes=self.max_frame_bytes)
+        self._enqueue(body)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting[request_id] = future
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
         # A plain timer rather than asyncio.wait_for, which costs a task-like wrapper and
         # several callbacks per call: this is the client's hot path.
         timer = loop.call_later(timeout, _expire, future, timeout)
@@ -144,10 +137,7 @@ class RpcConnection:
         follow until the node ends the stream (an error or `{"end": true}`) or it is
         closed. A broken connection ends it with Unavailable. `cancel(id)` is the request
         that ends the stream on the node, sent if its answer does not come in time."""
-        if self._writer is None:
-            await asyncio.wait_for(self.connect(), timeout)
-        if self.broken or self._writer is None:
-            raise Unavailable(f"connection to {self.address} is broken")
+        await self._ready(timeout)
         request_id = next(self._ids)
         body["id"] = request_id
         stream = RpcStream(self, request_id)
@@ -165,6 +155,18 @@ class RpcConnection:
         if self.broken or self._writer is None:
             return
         body.setdefault("id", next(self._ids))
+        self._enqueue(body)
+
+    async def _ready(self, timeout: float) -> None:
+        """Connected and not broken, or Unavailable."""
+        if self._writer is None:
+            await asyncio.wait_for(self.connect(), timeout)
+        if self.broken or self._writer is None:
+            raise Unavailable(f"connection to {self.address} is broken")
+
+    def _enqueue(self, body: dict[str, Any]) -> None:
+        """Encode `body` (FrameTooLarge before anything is queued) and write it with the
+        rest of this loop turn's frames."""
         self._out.append(encode_frame(body, max_frame_bytes=self.max_frame_bytes))
         if not self._flush_scheduled:
             self._flush_scheduled = True
