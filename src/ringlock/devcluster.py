@@ -25,6 +25,8 @@ from ringlock.sharding.meta import META_GROUP
 
 DEFAULT_DATA_DIR = ".ringlock"
 DEFAULT_BASE_PORT = 7101
+HTTP_PORT_OFFSET = 1000
+"""`ringlock dev` gives node i an HTTP API on its client port + 1000 (7101 -> 8101)."""
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.05
@@ -55,6 +57,8 @@ class NodeProcess:
     address: str
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    http: str = ""
+    """HOST:PORT of the node's HTTP API; empty: none."""
 
     @property
     def pid(self) -> int | None:
@@ -69,7 +73,10 @@ class DevCluster:
     def __init__(self, data_dir: str | Path = DEFAULT_DATA_DIR, *, nodes: int = 3,
                  base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1",
                  shards: int = 64, fsync: bool = True, extra_args: tuple[str, ...] = (),
-                 name: str = "ringlock-dev", env: dict[str, str] | None = None) -> None:
+                 name: str = "ringlock-dev", env: dict[str, str] | None = None,
+                 http_base_port: int | None = None) -> None:
+        """`http_base_port`: give node i an HTTP API on http_base_port + i - 1 (docs/HTTP.md).
+        A restart on existing data keeps the shape written at first start."""
         if not 1 <= nodes <= 64:
             raise ConfigError(f"nodes must be in 1..64, got {nodes}")
         if not host.startswith("127."):
@@ -82,10 +89,14 @@ class DevCluster:
         existing = self._shape_file.exists()
         shape: dict[str, Any] = json.loads(self._shape_file.read_text()) if existing else {
             "name": name, "shards": shards,
-            "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
+            "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)},
+            "http": {} if http_base_port is None else {
+                str(i): f"{host}:{http_base_port + i - 1}" for i in range(1, nodes + 1)}}
         self.name: str = shape["name"]
         self.shards: int = shape["shards"]
-        self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}")
+        http = shape.get("http", {})
+        self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}",
+                                          http=http.get(i, ""))
                       for i, a in shape["nodes"].items()}
         self._joined: dict[int, str] = {int(i): a for i, a in shape.get("joined", {}).items()}
         """Nodes added after founding, and the member they joined through."""
@@ -101,6 +112,7 @@ class DevCluster:
         """What a restart on the same data needs: name, shards, nodes, who joined how."""
         shape = {"name": self.name, "shards": self.shards,
                  "nodes": {str(i): n.address for i, n in sorted(self.nodes.items())},
+                 "http": {str(i): n.http for i, n in sorted(self.nodes.items()) if n.http},
                  "joined": {str(i): a for i, a in sorted(self._joined.items())}}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._shape_file.with_suffix(".tmp")
@@ -110,6 +122,11 @@ class DevCluster:
     @property
     def addresses(self) -> list[str]:
         return [n.address for _, n in sorted(self.nodes.items())]
+
+    @property
+    def http_addresses(self) -> list[str]:
+        """Every node's HTTP API (HOST:PORT), in node order; empty without one."""
+        return [n.http for _, n in sorted(self.nodes.items()) if n.http]
 
     @property
     def cluster(self) -> str:
@@ -134,6 +151,8 @@ class DevCluster:
         command = [sys.executable, "-m", "ringlock", "serve", "--id", str(node_id),
                    "--listen", node.address, "--data", str(node.data_dir),
                    "--shards", str(self.shards), "--cluster", self.name, *self.extra_args]
+        if node.http:
+            command += ["--http", node.http]
         if node_id in self._joined:
             command += ["--join", self._joined[node_id]]
         else:
@@ -154,7 +173,10 @@ class DevCluster:
         used = {int(n.address.rpartition(":")[2]) for n in self.nodes.values()}
         port = max(used) + 1
         member = self.nodes[via if via is not None else min(self.nodes)]
-        node = NodeProcess(node_id, f"{host}:{port}", self.data_dir / f"node-{node_id}")
+        http_ports = [int(n.http.rpartition(":")[2]) for n in self.nodes.values() if n.http]
+        http = f"{host}:{max(http_ports) + 1}" if http_ports else ""
+        node = NodeProcess(node_id, f"{host}:{port}", self.data_dir / f"node-{node_id}",
+                           http=http)
         self.nodes[node_id] = node
         self._joined[node_id] = member.address
         self._save_shape()

@@ -161,11 +161,18 @@ class NotFound(RequestError):
     code = "NotFound"
 
 
+class Unauthorized(RequestError):
+    """The request did not carry the cluster's secret (or carried a wrong one); nothing
+    was read or changed. Not retryable: the same credentials fail the same way."""
+
+    code = "Unauthorized"
+
+
 ERROR_CODES: dict[str, type[RequestError]] = {
     cls.code: cls
     for cls in (NotLeader, WrongShard, Unavailable, RequestTimeout, TooLarge, BadRequest,
                 CommandFailed, NotFound, FencedOut, NotHolder, LockLimitExceeded,
-                LockWaitAborted, WaitSuperseded)
+                LockWaitAborted, WaitSuperseded, Unauthorized)
 }
 
 

@@ -19,7 +19,8 @@ READY_DEADLINE_S = 60
 def start_dev(data: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "ringlock", "dev", "--nodes", "3", "--data", str(data),
-         "--port", str(port), "--shards", "4"],
+         "--port", str(port), "--shards", "4",
+         "--http-port", "0"],  # the probe found free client ports only
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

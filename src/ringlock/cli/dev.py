@@ -10,7 +10,12 @@ import time
 import click
 
 from ringlock.cli.devdemo import run_demo
-from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
+from ringlock.devcluster import (
+    DEFAULT_BASE_PORT,
+    DEFAULT_DATA_DIR,
+    HTTP_PORT_OFFSET,
+    DevCluster,
+)
 
 
 @click.command()
@@ -19,18 +24,24 @@ from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
               type=click.Path(file_okay=False), help="Where every node keeps its data.")
 @click.option("--port", type=click.IntRange(1024, 65000), default=DEFAULT_BASE_PORT,
               show_default=True, help="First node's port; the others follow.")
+@click.option("--http-port", type=click.IntRange(0, 65000), default=None,
+              help="First node's HTTP API port (docs/HTTP.md); the others follow. "
+                   f"Default: --port + {HTTP_PORT_OFFSET}; 0: no HTTP API.")
 @click.option("--shards", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--demo", "with_demo", is_flag=True,
               help="Run a short demo (writes, a kill -9, a check) once the cluster is up.")
 @click.option("--exit/--stay", "exit_after", default=None,
               help="Stop the cluster after the demo (default: stay up only on a terminal).")
-def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
+def dev(nodes: int, data_dir: str, port: int, http_port: int | None, shards: int, with_demo: bool,
         exit_after: bool | None) -> None:
     """Start a local cluster on loopback and keep it running until Ctrl-C."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    cluster = DevCluster(data_dir, nodes=nodes, base_port=port, shards=shards)
+    if http_port is None:
+        http_port = port + HTTP_PORT_OFFSET if port + HTTP_PORT_OFFSET + nodes <= 65535 else 0
+    cluster = DevCluster(data_dir, nodes=nodes, base_port=port, shards=shards,
+                         http_base_port=http_port or None)
     started = time.monotonic()
     try:
         cluster.start(wait=False)
@@ -44,14 +55,19 @@ def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
         click.echo(f"ready in {time.monotonic() - started:.1f} s: every one of "
                    f"{cluster.shards} shards has a leader")
         for node_id, node in sorted(cluster.nodes.items()):
-            click.echo(f"  node {node_id}  {node.address}  pid {node.pid}  "
+            http = f"  http {node.http}" if node.http else ""
+            click.echo(f"  node {node_id}  {node.address}{http}  pid {node.pid}  "
                        f"log {node.data_dir / 'node.log'}")
         if with_demo:
             run_demo(cluster)
             if exit_after or (exit_after is None and not sys.stdin.isatty()):
                 return
         click.echo(f"\n  export RINGLOCK_CLUSTER={cluster.cluster}\n  ringlock put greeting "
-                   "hello && ringlock get greeting\n\nCtrl-C stops the cluster.")
+                   "hello && ringlock get greeting")
+        if cluster.http_addresses:
+            click.echo(f"  curl -X PUT -d hello http://{cluster.http_addresses[0]}/v1/kv/greeting"
+                       f"\n  curl http://{cluster.http_addresses[-1]}/v1/kv/greeting")
+        click.echo("\nCtrl-C stops the cluster.")
         while not stop.wait(0.5):
             for node_id, node in cluster.nodes.items():
                 if node.process is not None and node.process.poll() is not None:

@@ -14,6 +14,9 @@ import click
 from ringlock.errors import ConfigError
 from ringlock.server.config import build_config, load_toml, parse_peers
 
+SECRET_ENV = "RINGLOCK_SECRET"
+"""The cluster secret, when the config file does not set one (docs/HTTP.md)."""
+
 
 def setup_logging(node: int, level: str) -> None:
     logging.basicConfig(
@@ -44,6 +47,8 @@ def setup_logging(node: int, level: str) -> None:
                    "(default 60).")
 @click.option("--max-moves", type=click.IntRange(1, 64),
               help="Shard replicas moving at once (default 2).")
+@click.option("--http", "http_listen", metavar="HOST:PORT",
+              help="Serve the HTTP API and /metrics here (docs/HTTP.md); default: none.")
 @click.option("--no-fsync", is_flag=True, default=None,
               help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
 @click.option("--log-level", default="info", show_default=True,
@@ -52,7 +57,7 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
           config_file: str | None, shards: int | None, cluster_name: str | None,
           tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
           join: str | None, replicas: int | None, dead_after_s: float | None,
-          max_moves: int | None, no_fsync: bool | None,
+          max_moves: int | None, http_listen: str | None, no_fsync: bool | None,
           log_level: str) -> None:
     """Run a ringlock node."""
     try:
@@ -61,7 +66,7 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                  "cluster": cluster_name, "tick_ms": tick_ms, "election_ticks": election_ticks,
                  "compact_every": compact_every, "join": join, "replicas": replicas,
                  "dead_after_s": dead_after_s, "max_moves": max_moves,
-                 "peers": parse_peers(peers) if peers else None,
+                 "peers": parse_peers(peers) if peers else None, "http_listen": http_listen,
                  "fsync": False if no_fsync else None}
         settings.update({k: v for k, v in flags.items() if v is not None})
         for required in ("node_id", "listen", "data_dir"):
@@ -69,6 +74,9 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                 raise ConfigError(f"--{required.replace('_dir', '').replace('node_', '')} "
                                   "is required (flag or config file)")
         settings.setdefault("peers", {settings["node_id"]: settings["listen"]})
+        if not settings.get("secret") and os.environ.get(SECRET_ENV):
+            # The environment, not a flag: a flag's value shows in `ps` to every user.
+            settings["secret"] = os.environ[SECRET_ENV]
         config = build_config(settings)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error

@@ -32,6 +32,8 @@ DEFAULT_MAX_MOVES = 2
 """Shard replicas moving at once (K in the ring issue)."""
 DEFAULT_COMPACT_EVERY = 4_096
 """A shard snapshots its state and cuts its log after this many applied entries."""
+MAX_SECRET_CHARS = 1024
+"""A secret is sent in a header line: longer ones would not fit aiohttp's line limit."""
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -71,6 +73,11 @@ class NodeConfig:
     """host:port of any member: join that cluster instead of founding one (first start)."""
     dead_after_s: float = DEFAULT_DEAD_AFTER_S
     max_moves: int = DEFAULT_MAX_MOVES
+    http_listen: str = ""
+    """HOST:PORT of the HTTP API, dashboard and /metrics (docs/HTTP.md); empty: none."""
+    secret: str = ""
+    """The cluster secret; when set, HTTP requests must carry `Authorization: Bearer
+    <secret>` (all but /healthz). Never logged, never in `status`."""
 
     def validate(self) -> NodeConfig:
         if self.node_id <= 0:
@@ -102,6 +109,13 @@ class NodeConfig:
             raise ConfigError(f"max_moves must be in 1..64, got {self.max_moves}")
         if self.join:
             parse_address(self.join)
+        if self.http_listen and parse_address(self.http_listen) == parse_address(self.listen):
+            raise ConfigError(f"http_listen must differ from listen ({self.listen})")
+        if (len(self.secret) > MAX_SECRET_CHARS or not self.secret.isprintable()
+                or self.secret != self.secret.strip()):
+            # (HTTP strips a header's outer spaces: such a secret could never match.)
+            raise ConfigError(f"secret must be printable, at most {MAX_SECRET_CHARS} "
+                              "characters, without outer spaces (its value is not shown)")
         if self.max_value_bytes + self.max_key_bytes + 1024 > self.max_frame_bytes:
             raise ConfigError("max_frame_bytes must hold a largest key and value with room")
         return self

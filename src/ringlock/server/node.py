@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringlock.address import parse_address
 from ringlock.codec.frames import FrameError
@@ -58,6 +58,9 @@ from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport.peer import PeerLink
 from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.wire import decode_message, encode_message
+
+if TYPE_CHECKING:
+    from ringlock.server.httpapi import HttpApi
 
 log = logging.getLogger("ringlock.server")
 
@@ -126,6 +129,8 @@ class Node:
         self._relays: set[asyncio.Task[None]] = set()
         self.watches = WatchHub(self)
         """Watch streams (server/watches.py): fed after each replica applies entries."""
+        self.http: HttpApi | None = None
+        """The HTTP API (server/httpapi.py), when `config.http_listen` names an address."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -157,6 +162,12 @@ class Node:
         drive.add_done_callback(self._drive_ended)
         self._tasks.append(drive)
         self._ticker = loop.call_later(config.tick_ms / 1000, self._tick)
+        if config.http_listen:
+            # Imported here: aiohttp costs a node without an HTTP API nothing.
+            from ringlock.server.httpapi import HttpApi
+
+            self.http = HttpApi(self)
+            await self.http.start()
         log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",
                  self.id, config.listen, len(self.replicas), config.data_dir, config.fsync)
 
@@ -195,6 +206,8 @@ class Node:
             self._server.close()
         for replica in self.replicas.values():
             replica.fail_all(Unavailable(f"node {self.id} is shutting down"))
+        if self.http is not None:  # its requests were just answered: a short wait at most
+            await self.http.stop()
         for connection in list(self.connections):
             connection.writer.close()
         for task in self._tasks:
