@@ -7,6 +7,7 @@ its PID when the test ends, whatever happened.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,24 @@ TEST_SHARDS = 8
 
 
 def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS,
-                 extra_args: tuple[str, ...] = ()) -> DevCluster:
-    return DevCluster(path, nodes=nodes, base_port=free_base_port(nodes), shards=shards,
-                      name=f"test-{path.name}", extra_args=extra_args)
+                 extra_args: tuple[str, ...] = (), http: bool = False,
+                 env: dict[str, str] | None = None) -> DevCluster:
+    """`http`: every node also serves the HTTP API, on ports of the same probe."""
+    base = free_base_port(2 * nodes if http else nodes)
+    return DevCluster(path, nodes=nodes, base_port=base, shards=shards,
+                      name=f"test-{path.name}", extra_args=extra_args, env=env,
+                      http_base_port=base + nodes if http else None)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[DevCluster]:
-    dev = make_cluster(tmp_path / "cluster")
+    with running(make_cluster(tmp_path / "cluster")) as dev:
+        yield dev
+
+
+@contextmanager
+def running(dev: DevCluster) -> Iterator[DevCluster]:
+    """Start `dev`; at the end stop every node by PID and print each node's log tail."""
     try:
         dev.start()
         yield dev

@@ -149,8 +149,9 @@ def json_response(body: Any, status: int = 200,
                         headers=headers)
 
 
-def error_response(error: RequestError) -> web.Response:
-    status = status_of(error)
+def error_response(error: RequestError, status: int = 0) -> web.Response:
+    """The typed JSON error, with `status` (default: the error class's, `status_of`)."""
+    status = status or status_of(error)
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ringlock"'
@@ -339,7 +340,8 @@ class HttpApi:
             elif error.status == 413:
                 message = (f"request body exceeds {self.max_body_bytes} bytes "
                            "(max_http_body_bytes, from max_value_bytes)")
-            return error_response(cls(message))
+            return error_response(cls(message), error.status if error.status in (404, 405, 413)
+                                  else 0)
         except TimeoutError:
             return error_response(RequestTimeout(
                 f"no answer within {HTTP_REQUEST_TIMEOUT_S} s (HTTP_REQUEST_TIMEOUT_S); "
