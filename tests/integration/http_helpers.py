@@ -30,7 +30,8 @@ def exchange(address: str, raw: bytes) -> Answer:
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as sock:
         sock.sendall(raw)
-        response = http.client.HTTPResponse(sock)
+        method = raw.split(b" ", 1)[0].decode("latin-1")  # a HEAD answer has no body
+        response = http.client.HTTPResponse(sock, method=method)
         response.begin()
         body = response.read()
         return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},

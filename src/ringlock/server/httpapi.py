@@ -17,8 +17,10 @@ Theory of operation:
     (no normalisation: `..` is part of the key). Values are UTF-8 text by default and
     base64 with `?encoding=base64`, both ways.
 
-Requests that are not HTTP at all (a request line or header over the parser's limits)
-are refused by aiohttp's parser with a plain-text 400 before reaching this module.
+Requests that are not HTTP at all (an unknown method, a request line or headers over
+the parser's limits, a bad Content-Length) never reach a handler: aiohttp's parser
+refuses them, and `_ParserRefusals` words that refusal as the same typed JSON error
+(BadRequest, 400) before the connection is closed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ringlock.errors import (
     BadRequest,
     CommandFailed,
     Compacted,
+    InvariantViolation,
     NotFound,
     NotLeader,
     RequestError,
@@ -276,6 +279,7 @@ class HttpApi:
         self.responses: dict[int, int] = {}
         """HTTP status code -> responses sent (for /metrics)."""
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.app = web.Application(middlewares=[self._guard()],
                                    client_max_size=self.max_body_bytes)
         self.app.router.add_get("/healthz", self.healthz)
@@ -287,21 +291,37 @@ class HttpApi:
         self.app.router.add_delete("/v1/kv/{key:.*}", self.delete)
 
     async def start(self) -> None:
+        """Bind the listener. Its connections are `_ParserRefusals` handlers (aiohttp's
+        own, but for how a request the parser refused is answered), made here rather
+        than by a TCPSite, which always makes aiohttp's plain ones."""
         host, port = parse_address(self.node.config.http_listen)
-        self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None,
-            max_line_size=self.max_line_bytes, max_field_size=MAX_HTTP_FIELD_BYTES,
-            max_headers=MAX_HTTP_HEADERS, keepalive_timeout=HTTP_KEEPALIVE_S)
+        self._runner = web.AppRunner(self.app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
-        await site.start()
+        server = self._runner.server
+        if server is None:
+            raise InvariantViolation("an AppRunner has a server once set up")
+        loop = asyncio.get_running_loop()
+        limits = {"max_line_size": self.max_line_bytes, "max_field_size": MAX_HTTP_FIELD_BYTES,
+                  "max_headers": MAX_HTTP_HEADERS, "keepalive_timeout": HTTP_KEEPALIVE_S}
+
+        def connection() -> web.RequestHandler:
+            return _ParserRefusals(self, server, loop=loop, access_log=None, **limits)
+
+        self._listener = await loop.create_server(connection, host, port, backlog=1024)
         log.info("node %d: HTTP API on %s%s", self.node.id, self.node.config.http_listen,
                  " (bearer secret required)" if self.node.config.secret else "")
 
     async def stop(self) -> None:
-        if self._runner is not None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._runner is not None:  # closes the open connections, a short grace first
+            await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
+
+    def count(self, status: int) -> None:
+        self.responses[status] = self.responses.get(status, 0) + 1
 
     # ------------------------------------------------------------------ middleware
 
@@ -311,7 +331,7 @@ class HttpApi:
             """Limits, the secret and the deadline for every request; every refusal and
             error as a typed JSON error; counts by status for /metrics."""
             response = await self._guarded(request, handler)
-            self.responses[response.status] = self.responses.get(response.status, 0) + 1
+            self.count(response.status)
             return response
 
         return guard
@@ -520,3 +540,26 @@ class HttpApi:
         return json_response({"items": items, "count": len(items),
                               "truncated": len(found) > limit
                               or any(len(part) >= limit for part in parts)})
+
+
+class _ParserRefusals(web.RequestHandler):
+    """aiohttp's connection handler, but a request its parser refused (status 4xx) is
+    answered with the typed JSON error every other refusal gets, not plain text, and
+    logged at debug level: a port scanner must not fill the log with tracebacks."""
+
+    def __init__(self, api: HttpApi, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._api = api
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not 400 <= status < 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent on this connection")
+        log.debug("HTTP request refused by the parser: %s", message or exc)
+        self._api.count(status)
+        text = (message or str(exc) or "malformed HTTP request").splitlines()[0][:200]
+        response = error_response(BadRequest(f"malformed HTTP request: {text}"), status)
+        response.force_close()
+        return response
