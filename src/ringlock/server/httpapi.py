@@ -95,6 +95,9 @@ HTTP_REQUEST_TIMEOUT_S = 10.0
 past it: 504 Timeout, and a write may or may not have been applied."""
 HTTP_KEEPALIVE_S = 15.0
 """An idle keep-alive connection is closed after this long."""
+HTTP_SHUTDOWN_S = 2.0
+"""A stopping node waits this long for HTTP requests still being answered (the replicas'
+waiting requests were failed just before: they answer at once)."""
 MAX_QUERY_PARAMS = 16
 MAX_INT_DIGITS = 19
 """Integers in a query are 0..2**63-1 (what the wire's ints hold): at most 19 digits."""
@@ -295,7 +298,8 @@ class HttpApi:
         own, but for how a request the parser refused is answered), made here rather
         than by a TCPSite, which always makes aiohttp's plain ones."""
         host, port = parse_address(self.node.config.http_listen)
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        self._runner = web.AppRunner(self.app, handle_signals=False,
+                                     shutdown_timeout=HTTP_SHUTDOWN_S)
         await self._runner.setup()
         server = self._runner.server
         if server is None:
@@ -316,7 +320,6 @@ class HttpApi:
             self._listener.close()
             self._listener = None
         if self._runner is not None:  # closes the open connections, a short grace first
-            await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
 
