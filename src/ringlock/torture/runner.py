@@ -78,6 +78,10 @@ NET_MODES = ("auto", "netns", "transport")
 DISK_MIB = 256
 """Each node's tmpfs data directory in netns mode: room for a 30-minute run's WAL and
 snapshots; the full-disk fault fills what is left."""
+COMPACT_EVERY = 300
+"""Entries between a replica's snapshots (the node default is 4,096): snapshots, their
+files and InstallSnapshot happen often under the faults, and a full disk is met by a
+snapshot write within seconds, not only when the WAL's 1 MiB preallocation runs out."""
 SECRET_ENV = "RINGLOCK_SECRET"
 """The cluster secret nodes on non-loopback addresses require (read by `ringlock serve`
 and by clients); netns mode sets a random one for the run."""
@@ -219,7 +223,8 @@ def _make_cluster(options: Options, out: Path, lab: NetLab | None,
     if lab is None or disk is None:
         cluster = DevCluster(out / "cluster", nodes=options.nodes,
                              base_port=free_base_port(options.nodes), shards=SHARDS,
-                             name=name, env={FAULTS_ENV: "1"})
+                             name=name, env={FAULTS_ENV: "1"},
+                             extra_args=("--compact-every", str(COMPACT_EVERY)))
         return cluster, TransportCuts(cluster)
     lab.create()
     for node_id in lab.node_ids:
@@ -229,7 +234,8 @@ def _make_cluster(options: Options, out: Path, lab: NetLab | None,
     cluster = DevCluster(out / "cluster", nodes=options.nodes, shards=SHARDS, name=name,
                          env={SECRET_ENV: secret},
                          node_addresses={i: lab.address(i) for i in lab.node_ids},
-                         launcher=lab.launcher, store_subdir="data")
+                         launcher=lab.launcher, store_subdir="data",
+                         extra_args=("--compact-every", str(COMPACT_EVERY)))
     lab.enter_client()
     return cluster, IptablesCuts(lab)
 
