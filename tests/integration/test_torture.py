@@ -111,3 +111,39 @@ def test_without_the_env_var_there_is_no_fault_op_but_digests_agree(
             return
         time.sleep(0.1)
     raise AssertionError(f"digests of group {shard} never agreed: {[r[shard] for r in reports]}")
+
+
+def test_ctrl_c_in_netns_mode_stops_every_node_and_deletes_every_namespace(
+        tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+
+    usable, why = netns_usable()
+    if not usable:
+        pytest.skip(f"network namespaces unavailable: {why}")
+    before = set(_namespaces())
+    out = tmp_path / "interrupted"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "ringlock", "torture", "--seconds", "60", "--out", str(out),
+         "--net", "netns"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        pid_files = [out / "cluster" / f"node-{i}" / "pid" for i in (1, 2, 3)]
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in pid_files) and time.monotonic() < deadline:
+            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
+            time.sleep(0.1)
+        made = set(_namespaces()) - before
+        assert len(made) == 5, made  # bridge, client, three nodes
+        pids = [int(p.read_text()) for p in pid_files]
+        runner.send_signal(signal.SIGINT)
+        runner.wait(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(10)
+    assert not made & set(_namespaces())
+    assert all(not Path(f"/proc/{pid}").exists() or
+               Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z" for pid in pids)
+    assert str(out) not in Path("/proc/mounts").read_text()
