@@ -124,16 +124,20 @@ def test_ctrl_c_in_netns_mode_stops_every_node_and_deletes_every_namespace(
         pytest.skip(f"network namespaces unavailable: {why}")
     before = set(_namespaces())
     out = tmp_path / "interrupted"
+    said = tmp_path / "runner.log"
     runner = subprocess.Popen(
         [sys.executable, "-m", "ringlock", "torture", "--seconds", "60", "--out", str(out),
-         "--net", "netns"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+         "--net", "netns", "--faults", "pause"], stdout=subprocess.DEVNULL,
+        stderr=said.open("wb"), start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         pid_files = [out / "cluster" / f"node-{i}" / "pid" for i in (1, 2, 3)]
         deadline = time.monotonic() + 60
-        while not all(p.exists() for p in pid_files) and time.monotonic() < deadline:
-            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
+        # Interrupted during the first fault (a node paused): the hardest moment to stop.
+        while "torture: t=" not in said.read_text() and time.monotonic() < deadline:
+            assert runner.poll() is None, said.read_text()
             time.sleep(0.1)
+        assert "pause" in said.read_text(), said.read_text()
         made = set(_namespaces()) - before
         assert len(made) == 5, made  # bridge, client, three nodes
         pids = [int(p.read_text()) for p in pid_files]
