@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,11 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def netns_usable() -> tuple[bool, str]:
-    """(True, why) when this process may make namespaces and iptables rules: root, `ip`
-    that can add a namespace, and `iptables`. Probes by adding and deleting one."""
+    """(True, why) when this process may do all that netns mode does: root, a namespace
+    added, an iptables rule in it, a tmpfs mounted. Probes each, and undoes it."""
     if os.geteuid() != 0:
         return False, "not root"
-    for tool in ("ip", "iptables"):
+    for tool in ("ip", "iptables", "mount"):
         if shutil.which(tool) is None:
             return False, f"`{tool}` not installed"
     probe = f"{NAME_PREFIX}probe-{secrets.token_hex(3)}"
@@ -71,8 +72,17 @@ def netns_usable() -> tuple[bool, str]:
         _run("ip", "netns", "add", probe)
     except (NetnsError, OSError, subprocess.TimeoutExpired) as error:
         return False, f"`ip netns add` failed: {error}"
-    _run("ip", "netns", "del", probe, check=False)
-    return True, "root, ip netns and iptables available"
+    try:
+        _run("ip", "netns", "exec", probe, "iptables", "-w", "5", "-A", "INPUT", "-s",
+             f"{SUBNET}.1", "-j", "DROP")
+        with tempfile.TemporaryDirectory(prefix="rlt-probe-") as directory:
+            _run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", directory)
+            _run("umount", directory)
+    except (NetnsError, OSError, subprocess.TimeoutExpired) as error:
+        return False, f"iptables or tmpfs unusable: {error}"
+    finally:
+        _run("ip", "netns", "del", probe, check=False)
+    return True, "root; ip netns, iptables and tmpfs work"
 
 
 @dataclass
