@@ -21,7 +21,8 @@ Cuts are iptables rules in the receiving node's INPUT chain (`-s SENDER -j DROP`
 one-way cut A->B is the one rule on B; a two-way cut is a rule on each side. Healing
 flushes INPUT and OUTPUT of every node namespace. Slow and lossy links are `tc netem`
 on a node's eth0; a kernel without netem (this project's 2-core VM has none) gets loss
-from an iptables `statistic` rule instead and no delay, and the fault says so.
+from an iptables `statistic` rule and a narrow link (tbf: queueing delay under load)
+instead of a fixed delay, and the fault says so.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ NODE_PORT = 7101
 NAME_PREFIX = "rlt-"
 COMMAND_TIMEOUT_S = 10.0
 """Each `ip`/`iptables`/`tc` call: a hung one fails the run instead of hanging it."""
+SLOW_LINK_RATE = "2mbit"
+"""A slow link's bandwidth where the kernel has no netem (a fallback, see `degrade`)."""
 _CLONE_NEWNET = 0x40000000
 
 
@@ -183,14 +186,22 @@ class NetLab:
         for chain in ("INPUT", "OUTPUT"):
             self._iptables(node_id, "-A", chain, "-m", "statistic", "--mode", "random",
                            "--probability", probability, "-j", "DROP")
-        return (f"no netem in this kernel: iptables statistic loss {loss_pct}% each way, "
-                f"no delay")
+        # No fixed delay without netem; a narrow link instead: a token bucket queues
+        # what exceeds its rate, up to `delay_ms`, and drops beyond (a slow link's delay
+        # under load, none when idle).
+        done = _run("tc", "-n", self.ns(node_id), "qdisc", "add", "dev", "eth0", "root",
+                    "tbf", "rate", SLOW_LINK_RATE, "burst", "16kb", "latency",
+                    f"{delay_ms}ms", check=False)
+        narrowed = (f", tbf rate {SLOW_LINK_RATE} queueing up to {delay_ms}ms"
+                    if done.returncode == 0 else "")
+        return (f"no netem in this kernel: iptables statistic loss {loss_pct}% each way"
+                f"{narrowed}; no fixed delay")
 
     def heal_links(self) -> None:
+        """Delete any root qdisc (netem or tbf; none there is fine) and every rule."""
         for node_id in self.node_ids:
-            if self.netem:
-                _run("tc", "-n", self.ns(node_id), "qdisc", "del", "dev", "eth0", "root",
-                     check=False)
+            _run("tc", "-n", self.ns(node_id), "qdisc", "del", "dev", "eth0", "root",
+                 check=False)
         self.heal_cuts()
 
     def teardown(self) -> list[str]:
