@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,17 @@ class NodeProcess:
     process: subprocess.Popen[bytes] | None = None
     http: str = ""
     """HOST:PORT of the node's HTTP API; empty: none."""
+    store_subdir: str | None = None
+    """Where `--data` points inside `data_dir` (None: `data_dir` itself). Torture mounts a
+    small tmpfs there, so that a full disk leaves the node's log writable."""
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / self.store_subdir if self.store_subdir else self.data_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "node.log"
 
     @property
     def pid(self) -> int | None:
@@ -74,13 +86,23 @@ class DevCluster:
                  base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1",
                  shards: int = 64, fsync: bool = True, extra_args: tuple[str, ...] = (),
                  name: str = "ringlock-dev", env: dict[str, str] | None = None,
-                 http_base_port: int | None = None) -> None:
+                 http_base_port: int | None = None,
+                 node_addresses: dict[int, str] | None = None,
+                 launcher: Callable[[int], list[str]] | None = None,
+                 store_subdir: str | None = None) -> None:
         """`http_base_port`: give node i an HTTP API on http_base_port + i - 1 (docs/HTTP.md).
-        A restart on existing data keeps the shape written at first start."""
+        A restart on existing data keeps the shape written at first start.
+        `node_addresses` and `launcher` are for torture's network namespaces only: an
+        address per node inside a namespace the caller made, and the command prefix that
+        runs a node there (`ip netns exec NS`, which execs, so the PID is the node's)."""
         if not 1 <= nodes <= 64:
             raise ConfigError(f"nodes must be in 1..64, got {nodes}")
         if not host.startswith("127."):
             raise ConfigError(f"a dev cluster listens on loopback only, not {host}")
+        if (node_addresses is None) != (launcher is None):
+            raise ConfigError("node_addresses and launcher go together (torture's netns)")
+        self.launcher = launcher
+        self.store_subdir = store_subdir
         self.data_dir = Path(data_dir).absolute()
         self.fsync = fsync
         self.extra_args = extra_args
@@ -89,14 +111,15 @@ class DevCluster:
         existing = self._shape_file.exists()
         shape: dict[str, Any] = json.loads(self._shape_file.read_text()) if existing else {
             "name": name, "shards": shards,
-            "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)},
+            "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}
+            if node_addresses is None else {str(i): a for i, a in node_addresses.items()},
             "http": {} if http_base_port is None else {
                 str(i): f"{host}:{http_base_port + i - 1}" for i in range(1, nodes + 1)}}
         self.name: str = shape["name"]
         self.shards: int = shape["shards"]
         http = shape.get("http", {})
         self.nodes = {int(i): NodeProcess(int(i), a, self.data_dir / f"node-{i}",
-                                          http=http.get(i, ""))
+                                          http=http.get(i, ""), store_subdir=store_subdir)
                       for i, a in shape["nodes"].items()}
         self._joined: dict[int, str] = {int(i): a for i, a in shape.get("joined", {}).items()}
         """Nodes added after founding, and the member they joined through."""
@@ -146,10 +169,12 @@ class DevCluster:
         if node.running:
             return
         node.data_dir.mkdir(parents=True, exist_ok=True)
+        node.store_dir.mkdir(parents=True, exist_ok=True)
         founders = {i: n for i, n in self.nodes.items() if i not in self._joined}
         peers = ",".join(f"{i}={n.address}" for i, n in sorted(founders.items()))
-        command = [sys.executable, "-m", "ringlock", "serve", "--id", str(node_id),
-                   "--listen", node.address, "--data", str(node.data_dir),
+        prefix = self.launcher(node_id) if self.launcher is not None else []
+        command = [*prefix, sys.executable, "-m", "ringlock", "serve", "--id", str(node_id),
+                   "--listen", node.address, "--data", str(node.store_dir),
                    "--shards", str(self.shards), "--cluster", self.name, *self.extra_args]
         if node.http:
             command += ["--http", node.http]
@@ -159,7 +184,7 @@ class DevCluster:
             command += ["--peers", peers]
         if not self.fsync:
             command.append("--no-fsync")
-        with open(node.data_dir / "node.log", "ab") as log:
+        with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, start_new_session=True,
                                             env={**os.environ, **self.env} if self.env else None)

@@ -4,6 +4,7 @@ closed) followed by opening a new NodeStorage on the same directory."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -787,3 +788,66 @@ def test_preallocated_zeros_after_a_crash_are_not_a_torn_write(
     reopened.sync()
     reopened.abandon()
     assert indexes(open_storage(opened, tmp_path).load(1)) == [(i, 1) for i in range(1, 7)]
+
+
+# -- a full disk -----------------------------------------------------------------------
+
+
+def test_a_full_disk_fails_the_wal_write_as_disk_full_and_loses_nothing_acknowledged(
+    tmp_path: Path, opened: list[NodeStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the WAL: the batch is not durable, so the caller must not acknowledge it;
+    the storage refuses more writes (the node then exits), and a reopen once space is
+    back has every entry synced before, and appends again."""
+    from ringlock.storage import node as node_module
+
+    storage = open_storage(opened, tmp_path)
+    storage.append(1, HardState(1, 1, 0), entries(1, 3, 1))
+    storage.sync()
+
+    def disk_full(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(node_module, "write_all_at", disk_full)
+    storage.append(1, None, entries(4, 4, 1))
+    with pytest.raises(StorageError, match=r"WAL write failed: disk full \(.*No space left"):
+        storage.sync()
+    with pytest.raises(StorageError, match="reopen"):
+        storage.append(1, None, entries(5, 5, 1))
+    monkeypatch.undo()
+    storage.abandon()
+    reopened = open_storage(opened, tmp_path)
+    assert indexes(reopened.load(1)) == [(1, 1), (2, 1), (3, 1)]
+    reopened.append(1, None, entries(4, 4, 1))
+    reopened.sync()
+    assert indexes(open_storage_again(opened, reopened, tmp_path).load(1))[-1] == (4, 1)
+
+
+def open_storage_again(opened: list[NodeStorage], storage: NodeStorage,
+                       directory: Path) -> NodeStorage:
+    storage.close()
+    return open_storage(opened, directory)
+
+
+def test_a_full_disk_during_a_snapshot_write_says_disk_full_and_leaves_no_temp_file(
+    tmp_path: Path, opened: list[NodeStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ringlock.storage import snapfiles
+
+    storage = open_storage(opened, tmp_path)
+    storage.append(1, HardState(1, 1, 5), entries(1, 5, 1))
+    storage.sync()
+
+    def disk_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapfiles, "write_all", disk_full)
+    with pytest.raises(StorageError, match="cannot write snapshot 5 of group 1: disk full"):
+        storage.save_snapshot(1, snapshot(5, 1))
+    assert list((tmp_path / "snapshots").glob("*.tmp")) == []
+    monkeypatch.undo()
+    storage.abandon()
+    state = open_storage(opened, tmp_path).load(1)
+    assert state.snapshot is None
+    assert indexes(state) == [(i, 1) for i in range(1, 6)]

@@ -3,8 +3,12 @@ fault layer cannot be switched on outside its test setting."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ringlock.checker import LockHold, Op
 from ringlock.server.faults import FaultLayer, faults_allowed
+from ringlock.storage import records
+from ringlock.torture.availability import Success, percentile, windows_by_kind
 from ringlock.torture.checks import (
     FencedWrite,
     check_kv,
@@ -12,7 +16,7 @@ from ringlock.torture.checks import (
     check_stored,
     compare_digests,
 )
-from ringlock.torture.faults import FAULT_KINDS, schedule
+from ringlock.torture.faults import FAULT_KINDS, Fault, cut_pairs, pick_record, schedule
 from ringlock.torture.lockworker import fenced_key
 
 
@@ -87,13 +91,73 @@ def test_the_fault_layer_needs_the_env_var_and_loopback() -> None:
     answers: list[object] = []
     layer.ops()["fault"]({"drop_peers": [2, 1]}, lambda r, e: answers.append(r))
     assert layer.drop_peers == {2} and layer.blocks(2) and not layer.blocks(3)
+    assert layer.active and layer.blocks_send(2)
+
+
+def test_a_one_way_cut_in_the_fault_layer_drops_only_what_the_node_sends() -> None:
+    layer = FaultLayer(1, enabled=True)
+    layer.ops()["fault"]({"drop_peers": [], "drop_outbound": [2, 3]}, lambda r, e: None)
+    assert layer.active and layer.blocks_send(2) and layer.blocks_send(3)
+    assert not layer.blocks(2) and not layer.blocks(3)  # theirs still received
+    layer.ops()["fault"]({"drop_peers": [], "drop_outbound": []}, lambda r, e: None)
+    assert not layer.active and not layer.blocks_send(2)
+
+
+def test_cuts_partition_one_way_and_bridge() -> None:
+    nodes = [1, 2, 3, 4, 5]
+    partition = cut_pairs(Fault(0, "partition", [1, 2], 1.0), nodes)
+    assert (1, 3) in partition and (3, 1) in partition and (1, 2) not in partition
+    assert len(partition) == 2 * 2 * 3
+    oneway = cut_pairs(Fault(0, "oneway", [3], 1.0), nodes)
+    assert oneway == {(3, 1), (3, 2), (3, 4), (3, 5)}  # 3 hears all, no one hears 3
+    bridge = cut_pairs(Fault(0, "bridge", [3, 1, 2], 1.0), nodes)  # 3 bridges {1,2}, {4,5}
+    assert all(3 not in pair for pair in bridge)
+    assert bridge == {(a, b) for a in (1, 2) for b in (4, 5)} | {
+        (b, a) for a in (1, 2) for b in (4, 5)}
+
+
+def test_the_corrupted_record_is_never_the_last_so_it_cannot_pass_for_a_torn_tail(
+        tmp_path: Path) -> None:
+    from ringlock.raft.messages import Entry
+    from ringlock.storage import NodeStorage
+
+    storage = NodeStorage(tmp_path)
+    for index in range(1, 6):
+        storage.append(1, None, [Entry(index=index, term=1, data=b"x" * 50)])
+        storage.sync()
+    storage.close()
+    for pick in (0.0, 0.5, 0.999):
+        path, offset, flip = pick_record(tmp_path / "wal", pick) or (None, 0, 0)
+        assert path is not None
+        valid, _ = records.scan(path.read_bytes())
+        assert offset in [r.offset for r in valid[:-1]]
+        assert offset < flip < next(r.end for r in valid if r.offset == offset)
+    assert pick_record(tmp_path / "nothing", 0.5) is None
+
+
+def test_unavailability_is_the_worst_shards_time_to_its_first_success_after_the_fault() -> None:
+    s = 1_000_000_000
+    successes = [Success("a", 10 * s, 10 * s + 1), Success("a", 11 * s, 11 * s + s // 10),
+                 Success("b", 10 * s, 13 * s),  # b's first write after the fault: 3 s
+                 Success("a", 20 * s, 20 * s + s // 2)]
+    faults = [Fault(0, "kill", [1], 1.0, applied_ns=10 * s),
+              Fault(0, "kill", [1], 1.0, applied_ns=20 * s),
+              Fault(0, "pause", [1], 1.0, applied_ns=30 * s)]
+    table = windows_by_kind(faults, successes, lambda f: f.applied_ns)
+    assert table["kill"] == {"measured": 2, "without_success": 0, "p50_s": 0.5,
+                             "p99_s": 3.0, "max_s": 3.0}
+    assert table["pause"]["without_success"] == 1 and table["pause"]["p50_s"] is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
 
 
 def test_the_schedule_is_seeded_and_has_every_kind() -> None:
-    first = schedule(4, 25, list(FAULT_KINDS), [1, 2, 3], 2.0)
-    assert first == schedule(4, 25, list(FAULT_KINDS), [1, 2, 3], 2.0)
+    first = schedule(4, 60, list(FAULT_KINDS), [1, 2, 3], 2.0)
+    assert first == schedule(4, 60, list(FAULT_KINDS), [1, 2, 3], 2.0)
     assert {f.kind for f in first} == set(FAULT_KINDS)
-    assert all(f.at + f.duration <= 25 for f in first)
-    assert all(len(f.nodes) == 1 for f in first)  # of 3 nodes, a minority of one
+    assert all(f.at + f.duration <= 60 for f in first)
+    # of 3 nodes: a minority of one; a bridge node and a side of one
+    assert all(len(f.nodes) == (2 if f.kind == "bridge" else 1) for f in first
+               if f.kind != "slow_link")
     five = schedule(4, 300, ["partition"], [1, 2, 3, 4, 5], 2.0)
     assert {len(f.nodes) for f in five} == {1, 2}

@@ -3,7 +3,9 @@
 Fault layer. Where network namespaces and iptables are not available (an unprivileged
 CI runner), a partition is made inside the node: told `{"op": "fault", "drop_peers":
 [ids]}`, the node drops every Raft message it would send to, or receives from, those
-peers, as a cut link would. Only Raft traffic is cut; client requests a node relays to
+peers, as a cut link would. `"drop_outbound": [ids]` cuts one way only: the node drops
+what it sends to those peers and still receives theirs (a one-way cut, as an iptables
+rule dropping A's packets to B). Only Raft traffic is cut; client requests a node relays to
 a leader (and membership reports) still pass, so a partitioned node's clients are
 still served through the majority, as with a client that can reach both sides.
 
@@ -55,6 +57,11 @@ class FaultLayer:
         self.node_id = node_id
         self.enabled = enabled
         self.drop_peers: frozenset[int] = frozenset()
+        """Cut both ways: nothing sent to them, nothing received from them."""
+        self.drop_outbound: frozenset[int] = frozenset()
+        """Cut one way: nothing sent to them; theirs still received."""
+        self.active = False
+        """Any cut at all: the hot path checks this one flag first."""
         self.dropped = 0
         if enabled:
             log.warning("node %d: FAULT INJECTION ENABLED (%s=1, loopback): the `fault` op "
@@ -62,9 +69,16 @@ class FaultLayer:
                         node_id, FAULTS_ENV)
 
     def blocks(self, peer: int, messages: int = 1) -> bool:
-        """True when traffic with `peer` is cut; counts the messages dropped."""
+        """True when traffic from `peer` is cut; counts the messages dropped."""
         if peer in self.drop_peers:
             self.dropped += messages
+            return True
+        return False
+
+    def blocks_send(self, peer: int) -> bool:
+        """True when traffic to `peer` is cut (both ways, or outbound only)."""
+        if peer in self.drop_peers or peer in self.drop_outbound:
+            self.dropped += 1
             return True
         return False
 
@@ -73,14 +87,23 @@ class FaultLayer:
         return {"fault": self._op_fault} if self.enabled else {}
 
     def _op_fault(self, body: dict[str, Any], reply: Reply) -> None:
-        peers = body.get("drop_peers", [])
-        if not isinstance(peers, list) or not all(type(p) is int for p in peers):
-            raise BadRequest("drop_peers must be a list of node ids")
+        peers = _node_ids(body, "drop_peers")
+        outbound = _node_ids(body, "drop_outbound")
         self.drop_peers = frozenset(p for p in peers if p != self.node_id)
-        log.warning("node %d: fault layer now drops Raft traffic with %s", self.node_id,
-                    sorted(self.drop_peers) or "no one")
+        self.drop_outbound = frozenset(p for p in outbound if p != self.node_id)
+        self.active = bool(self.drop_peers or self.drop_outbound)
+        log.warning("node %d: fault layer now drops Raft traffic with %s, and to %s",
+                    self.node_id, sorted(self.drop_peers) or "no one",
+                    sorted(self.drop_outbound) or "no one")
         reply({"node": self.node_id, "drop_peers": sorted(self.drop_peers),
-               "dropped": self.dropped}, None)
+               "drop_outbound": sorted(self.drop_outbound), "dropped": self.dropped}, None)
+
+
+def _node_ids(body: dict[str, Any], name: str) -> list[int]:
+    peers = body.get(name, [])
+    if not isinstance(peers, list) or not all(type(p) is int for p in peers):
+        raise BadRequest(f"{name} must be a list of node ids")
+    return peers
 
 
 def digest_replicas(replicas: dict[int, Any]) -> dict[int, list[Any]]:

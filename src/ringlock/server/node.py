@@ -337,7 +337,7 @@ class Node:
         return True
 
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
-        if self.faults.drop_peers and self.faults.blocks(peer, len(raw)):  # torture partition
+        if self.faults.active and self.faults.blocks(peer, len(raw)):  # torture partition
             return
         for item in raw:
             try:
@@ -417,7 +417,7 @@ class Node:
 
     def _send_one(self, message: Any) -> None:
         link = self.links.get(message.to)
-        if link is None or (self.faults.drop_peers and self.faults.blocks(message.to)):
+        if link is None or (self.faults.active and self.faults.blocks_send(message.to)):
             return  # (the second: a torture partition, server/faults.py)
         if message.snapshot is not None and not message.snapshot.data:
             try:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+
 from ringlock.errors import RinglockError
+
+
+def describe_os_error(error: OSError) -> str:
+    """The error as an operator should read it: ENOSPC and EDQUOT say "disk full" first,
+    so the log line that ends a node on a full disk says what to fix."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full ({error}); free space, then restart the node"
+    return str(error)
 
 
 class StorageError(RinglockError):

@@ -22,7 +22,7 @@ from ringlock.invariant import invariant
 from ringlock.raft.messages import Entry, HardState, Snapshot
 from ringlock.storage import records
 from ringlock.storage._fs import fsync_dir, write_all_at
-from ringlock.storage.errors import StorageCorruption, StorageError
+from ringlock.storage.errors import StorageCorruption, StorageError, describe_os_error
 from ringlock.storage.records import CheckpointItem
 from ringlock.storage.replay import GroupLog, Segment, WalState, replay_wal, segment_path
 from ringlock.storage.shape import LogShape
@@ -286,7 +286,8 @@ class NodeStorage:
         try:
             self._snapfiles.write(group, snapshot)
         except OSError as error:
-            message = f"cannot write snapshot {index} of group {group}: {error}"
+            message = (f"cannot write snapshot {index} of group {group}: "
+                       f"{describe_os_error(error)}")
             raise StorageError(message) from error
         self._buffer_marker(group, index, term, None)
 
@@ -383,7 +384,7 @@ class NodeStorage:
             return self._write(batch)
         except OSError as error:
             self._failed = error
-            raise StorageError(f"WAL write failed: {error}") from error
+            raise StorageError(f"WAL write failed: {describe_os_error(error)}") from error
 
     def _write(self, batch: _Batch) -> int:
         released: list[Segment] = []

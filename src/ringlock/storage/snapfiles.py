@@ -98,6 +98,10 @@ class SnapshotFiles:
             write_all(fd, data)
             if self._fsync:
                 os.fsync(fd)
+        except OSError:
+            # A full disk, typically: give back what the half-written file took.
+            temp.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         os.replace(temp, final)

@@ -9,8 +9,24 @@ stops depends on who holds a lock at that instant: that part is not seeded.)
   * pause: SIGSTOP of a node for longer than the lock lease TTL, then SIGCONT; a lock
     worker that holds a lock at that moment is stopped with it, so its next fenced
     write comes after its lease ran out (the cluster must refuse it once the lock went on).
-  * partition: through the nodes' transport fault layer (server/faults.py): each side
-    is told to drop the Raft traffic of the other. Namespaces/iptables are not used.
+  * partition: a minority cut from the rest, both ways.
+  * oneway: one node's packets to every other node dropped; theirs to it still pass
+    (it hears the leader and cannot answer; as leader it cannot be heard).
+  * bridge: two sides that cannot reach each other, both reaching one bridge node
+    (Jepsen's "bridge" nemesis).
+  * slow_link: delay with jitter and loss on one node's link, or on every node's
+    (tc netem; netns mode only).
+  * full_disk: a ballast file fills the node's small tmpfs data directory, then is
+    deleted (netns mode only: mounting needs root). The node must not acknowledge what
+    it could not persist; it exits on a failed WAL write and is restarted after.
+  * corrupt_wal: kill -9, flip one byte inside an fsynced WAL record that has a valid
+    record after it (not the torn tail), restart: the node must refuse to start,
+    naming the file and offset. Healed as an operator would with a backup: the
+    original bytes are put back and the node restarted (membership cannot yet replace
+    a node on an empty data directory; RELIABILITY.md says why this is the choice).
+
+Cuts go through a `Cuts` mechanism: iptables rules in network namespaces (netns.py), or
+the nodes' transport fault layer (server/faults.py) on loopback.
 """
 
 from __future__ import annotations
@@ -22,16 +38,27 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ringlock.devcluster import DevCluster
+from ringlock.storage import records
+from ringlock.torture.netns import Disk, NetLab
 from ringlock.transport.rpc import RpcConnection
 
-FAULT_KINDS = ("kill", "pause", "partition")
-PARTITION_MECHANISM = ("transport fault layer: each node drops Raft messages to and from "
-                       "the other side (RINGLOCK_FAULTS=1, loopback only; no netns/iptables)")
+FAULT_KINDS = ("kill", "pause", "partition", "oneway", "bridge", "slow_link", "full_disk",
+               "corrupt_wal")
+NETNS_ONLY_KINDS = ("slow_link", "full_disk")
+CUT_KINDS = ("partition", "oneway", "bridge")
+TRANSPORT_MECHANISM = ("transport fault layer: nodes drop Raft messages to (and from) the "
+                       "other side (RINGLOCK_FAULTS=1, loopback only; no netns/iptables)")
+NETNS_MECHANISM = ("network namespaces: one per node on a bridge in its own namespace; "
+                   "cuts are iptables DROP rules, slow links tc netem")
 WARMUP_S = 2.0
 FAULT_CALL_TIMEOUT_S = 2.0
+REFUSE_TO_START_TIMEOUT_S = 30.0
+"""How long a node restarted on a corrupted WAL has to exit before the fault counts as
+undetected (it replays the WAL first: a few seconds at most for a torture run's log)."""
+POLL_S = 0.05
 
 
 @dataclass
@@ -40,16 +67,22 @@ class Fault:
     """Seconds after the workload started."""
     kind: str
     nodes: list[int]
-    """kill/pause: the node; partition: the side cut off from the rest."""
+    """kill/pause/full_disk/corrupt_wal/oneway: the node; partition: the side cut off from
+    the rest; bridge: [bridge node, *left side] (the right side is the rest);
+    slow_link: the degraded nodes."""
     duration: float
     applied_at: float | None = None
     healed_at: float | None = None
+    applied_ns: int | None = None
+    """time.monotonic_ns() when applied: the clock of the clients' history."""
+    healed_ns: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "fault", "kind": self.kind, "nodes": self.nodes, "at": self.at,
                 "duration": round(self.duration, 3), "applied_at": self.applied_at,
-                "healed_at": self.healed_at, **self.detail}
+                "healed_at": self.healed_at, "applied_ns": self.applied_ns,
+                "healed_ns": self.healed_ns, **self.detail}
 
 
 def schedule(seed: int, seconds: float, kinds: list[str], node_ids: list[int],
@@ -64,62 +97,192 @@ def schedule(seed: int, seconds: float, kinds: list[str], node_ids: list[int],
             order = list(kinds)
             rng.shuffle(order)
         kind = order.pop()
-        if kind == "kill":
-            nodes, duration = [rng.choice(node_ids)], rng.uniform(1.0, 3.0)
-        elif kind == "pause":
-            nodes, duration = [rng.choice(node_ids)], lease_ttl_s * rng.uniform(1.5, 2.0)
-        else:
-            side = rng.randint(1, (len(node_ids) - 1) // 2)  # a minority: 1 of 3, 1-2 of 5
-            nodes, duration = sorted(rng.sample(node_ids, side)), rng.uniform(2.0, 4.0)
+        nodes, duration, detail = _draw(rng, kind, node_ids, lease_ttl_s)
         if t + duration > seconds:
             return faults
-        faults.append(Fault(round(t, 3), kind, nodes, duration))
+        faults.append(Fault(round(t, 3), kind, nodes, duration, detail=detail))
         t += duration + rng.uniform(1.0, 2.5)
+
+
+def _draw(rng: random.Random, kind: str, node_ids: list[int],
+          lease_ttl_s: float) -> tuple[list[int], float, dict[str, Any]]:
+    one = [rng.choice(node_ids)]
+    if kind == "kill":
+        return one, rng.uniform(1.0, 3.0), {}
+    if kind == "pause":
+        return one, lease_ttl_s * rng.uniform(1.5, 2.0), {}
+    if kind == "partition":
+        side = rng.randint(1, (len(node_ids) - 1) // 2)  # a minority: 1 of 3, 1-2 of 5
+        return sorted(rng.sample(node_ids, side)), rng.uniform(2.0, 4.0), {}
+    if kind == "oneway":
+        return one, rng.uniform(2.0, 4.0), {}
+    if kind == "bridge":
+        shuffled = rng.sample(node_ids, len(node_ids))
+        left = sorted(shuffled[1:1 + (len(node_ids) - 1) // 2])
+        return [shuffled[0], *left], rng.uniform(2.0, 4.0), {}
+    if kind == "slow_link":
+        nodes = sorted(node_ids) if rng.random() < 0.3 else one
+        delay = rng.randint(50, 200)
+        return nodes, rng.uniform(3.0, 5.0), {"delay_ms": delay, "jitter_ms": delay // 4,
+                                              "loss_pct": rng.randint(10, 30)}
+    if kind == "full_disk":
+        return one, rng.uniform(5.0, 8.0), {}
+    if kind == "corrupt_wal":
+        return one, rng.uniform(0.5, 1.5), {"pick": rng.random()}
+    raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def cut_pairs(fault: Fault, node_ids: list[int]) -> set[tuple[int, int]]:
+    """The (sender, receiver) pairs whose packets a cut fault drops."""
+    others = [n for n in node_ids if n not in fault.nodes]
+    if fault.kind == "partition":
+        return ({(a, b) for a in fault.nodes for b in others}
+                | {(b, a) for a in fault.nodes for b in others})
+    if fault.kind == "oneway":
+        return {(fault.nodes[0], b) for b in node_ids if b != fault.nodes[0]}
+    if fault.kind == "bridge":
+        left = fault.nodes[1:]
+        right = [n for n in node_ids if n not in fault.nodes]
+        return {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
+    raise ValueError(f"{fault.kind} is not a cut")
+
+
+class Cuts(Protocol):
+    mechanism: str
+
+    def cut(self, pairs: set[tuple[int, int]]) -> dict[str, Any]: ...
+
+    def heal(self) -> dict[str, Any]: ...
+
+
+class IptablesCuts:
+    """Cuts as iptables rules in the node namespaces (netns.py)."""
+
+    mechanism = NETNS_MECHANISM
+
+    def __init__(self, lab: NetLab) -> None:
+        self.lab = lab
+
+    def cut(self, pairs: set[tuple[int, int]]) -> dict[str, Any]:
+        for sender, receiver in sorted(pairs):
+            self.lab.cut(sender, receiver)
+        return {"iptables_rules": len(pairs)}
+
+    def heal(self) -> dict[str, Any]:
+        self.lab.heal_links()
+        return {}
+
+
+class TransportCuts:
+    """Cuts through each node's transport fault layer (server/faults.py)."""
+
+    mechanism = TRANSPORT_MECHANISM
+
+    def __init__(self, cluster: DevCluster) -> None:
+        self.cluster = cluster
+
+    def cut(self, pairs: set[tuple[int, int]]) -> dict[str, Any]:
+        orders: dict[int, dict[str, list[int]]] = {}
+        for node in self.cluster.nodes:
+            peers = self.cluster.nodes
+            both = sorted(p for p in peers if (node, p) in pairs and (p, node) in pairs)
+            out = sorted(p for p in peers if (node, p) in pairs and p not in both)
+            orders[node] = {"drop_peers": both, "drop_outbound": out}
+        return {"fault_layer_answers": self._tell(orders)}
+
+    def heal(self) -> dict[str, Any]:
+        answers = self._tell({n: {"drop_peers": [], "drop_outbound": []}
+                              for n in self.cluster.nodes})
+        return {"raft_messages_dropped": {n: a.get("dropped") for n, a in answers.items()
+                                          if "error" not in a},
+                "heal_errors": {n: a["error"] for n, a in answers.items() if "error" in a}}
+
+    def _tell(self, orders: dict[int, dict[str, list[int]]]) -> dict[int, Any]:
+        """Tell each node whose Raft traffic to drop; its answer, or the error."""
+
+        async def tell(node_id: int, order: dict[str, list[int]]) -> Any:
+            connection = RpcConnection(self.cluster.nodes[node_id].address)
+            try:
+                return await connection.call({"op": "fault", **order}, FAULT_CALL_TIMEOUT_S)
+            except Exception as error:  # a node down or stopped: recorded, healed later
+                return {"error": repr(error)}
+            finally:
+                await connection.close()
+
+        async def tell_all() -> dict[int, Any]:
+            ids = sorted(orders)
+            answers = await asyncio.gather(*[tell(n, orders[n]) for n in ids])
+            return dict(zip(ids, answers, strict=True))
+
+        return asyncio.run(tell_all())
 
 
 class Injector:
     """Applies and heals faults on a DevCluster and the lock worker processes."""
 
     def __init__(self, cluster: DevCluster, workers: list[subprocess.Popen[bytes]],
-                 worker_outputs: list[Path]) -> None:
+                 worker_outputs: list[Path], cuts: Cuts, lab: NetLab | None = None,
+                 disk: Disk | None = None) -> None:
         self.cluster = cluster
         self.workers = workers
         self.worker_outputs = worker_outputs
+        self.cuts = cuts
+        self.lab = lab
+        self.disk = disk
         self._stopped_workers: list[int] = []
+        self._corrupted: dict[int, tuple[Path, int, bytes]] = {}
 
     def apply(self, fault: Fault) -> None:
+        node = fault.nodes[0]
         if fault.kind == "kill":
-            self.cluster.kill(fault.nodes[0])
+            self.cluster.kill(node)
         elif fault.kind == "pause":
-            self.cluster.signal_node(fault.nodes[0], signal.SIGSTOP)
-            holders = [i for i, out in enumerate(self.worker_outputs)
-                       if Path(str(out) + ".holding").exists()
-                       and self.workers[i].poll() is None]
-            if holders:
-                worker = holders[0]
-                self.workers[worker].send_signal(signal.SIGSTOP)
-                self._stopped_workers.append(worker)
-                fault.detail["paused_lock_worker"] = worker
-        else:
-            rest = [n for n in self.cluster.nodes if n not in fault.nodes]
-            answers = self._partition({**{n: rest for n in fault.nodes},
-                                       **{n: fault.nodes for n in rest}})
-            fault.detail["partition"] = PARTITION_MECHANISM
-            fault.detail["fault_layer_answers"] = answers
+            self._pause(fault)
+        elif fault.kind in CUT_KINDS:
+            fault.detail.update(self.cuts.cut(cut_pairs(fault, sorted(self.cluster.nodes))))
+        elif fault.kind == "slow_link":
+            if self.lab is None:
+                raise ValueError("slow_link needs netns mode")
+            d = fault.detail
+            applied = [self.lab.degrade(n, d["delay_ms"], d["jitter_ms"], d["loss_pct"])
+                       for n in fault.nodes]
+            fault.detail["applied"] = applied[0]
+        elif fault.kind == "full_disk":
+            if self.disk is None:
+                raise ValueError("full_disk needs netns mode (a tmpfs per node)")
+            fault.detail["ballast_bytes"] = self.disk.fill(self.cluster.nodes[node].store_dir)
+        elif fault.kind == "corrupt_wal":
+            self._corrupt(fault)
 
     def heal(self, fault: Fault) -> None:
+        node = fault.nodes[0]
         if fault.kind == "kill":
-            self.cluster.start_node(fault.nodes[0])
+            self.cluster.start_node(node)
         elif fault.kind == "pause":
-            self.cluster.signal_node(fault.nodes[0], signal.SIGCONT)
+            self.cluster.signal_node(node, signal.SIGCONT)
             self._resume_workers()
-        else:
-            answers = self._partition({n: [] for n in self.cluster.nodes})
-            fault.detail["raft_messages_dropped"] = {
-                n: a.get("dropped") for n, a in answers.items() if "error" not in a}
+        elif fault.kind in CUT_KINDS or fault.kind == "slow_link":
+            fault.detail.update(self.cuts.heal())
+        elif fault.kind == "full_disk":
+            assert self.disk is not None
+            process = self.cluster.nodes[node].process
+            self.disk.free(self.cluster.nodes[node].store_dir)
+            code = process.poll() if process is not None else None
+            fault.detail["node_exited"] = code
+            if code is not None:
+                fault.detail["node_said"] = _last_line(self.cluster.nodes[node].log_path,
+                                                      "No space left")
+                self.cluster.start_node(node)
+        elif fault.kind == "corrupt_wal":
+            self._restore(fault)
 
     def heal_all(self) -> None:
         """Whatever may still be broken: every node running, resumed and fully connected."""
+        for node_id in list(self._corrupted):
+            self._restore(None, node_id)
+        if self.disk is not None:
+            for node in self.cluster.nodes.values():
+                self.disk.free(node.store_dir)
         for node_id, node in self.cluster.nodes.items():
             if node.running:
                 self.cluster.signal_node(node_id, signal.SIGCONT)
@@ -128,10 +291,21 @@ class Injector:
         self._resume_workers()
         deadline = time.monotonic() + 30.0
         while True:
-            answers = self._partition({n: [] for n in self.cluster.nodes})
-            if all("error" not in a for a in answers.values()) or time.monotonic() > deadline:
+            answer = self.cuts.heal()
+            if not answer.get("heal_errors") or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
+
+    def _pause(self, fault: Fault) -> None:
+        self.cluster.signal_node(fault.nodes[0], signal.SIGSTOP)
+        holders = [i for i, out in enumerate(self.worker_outputs)
+                   if Path(str(out) + ".holding").exists()
+                   and self.workers[i].poll() is None]
+        if holders:
+            worker = holders[0]
+            self.workers[worker].send_signal(signal.SIGSTOP)
+            self._stopped_workers.append(worker)
+            fault.detail["paused_lock_worker"] = worker
 
     def _resume_workers(self) -> None:
         for worker in self._stopped_workers:
@@ -139,22 +313,74 @@ class Injector:
                 self.workers[worker].send_signal(signal.SIGCONT)
         self._stopped_workers.clear()
 
-    def _partition(self, drops: dict[int, list[int]]) -> dict[int, Any]:
-        """Tell each node whose Raft traffic to drop; its answer, or the error."""
+    def _corrupt(self, fault: Fault) -> None:
+        """kill -9, flip a byte in a record that has a valid record after it, restart, and
+        see the node refuse to start."""
+        node_id = fault.nodes[0]
+        node = self.cluster.nodes[node_id]
+        self.cluster.kill(node_id)
+        target = pick_record(node.store_dir / "wal", fault.detail.pop("pick"))
+        if target is None:
+            fault.detail["skipped"] = "no WAL record with a valid record after it"
+            self.cluster.start_node(node_id)
+            return
+        path, offset, flip_at = target
+        with path.open("r+b") as f:
+            f.seek(flip_at)
+            original = f.read(1)
+            f.seek(flip_at)
+            f.write(bytes([original[0] ^ 0xFF]))
+        self._corrupted[node_id] = (path, flip_at, original)
+        fault.detail.update({"file": str(path), "record_offset": offset, "byte": flip_at})
+        log_size = node.log_path.stat().st_size if node.log_path.exists() else 0
+        self.cluster.start_node(node_id)
+        process = node.process
+        assert process is not None
+        deadline = time.monotonic() + REFUSE_TO_START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        code = process.poll()
+        said = _last_line(node.log_path, "corrupt", since=log_size)
+        fault.detail["exit_code"] = code
+        fault.detail["node_said"] = said
+        fault.detail["detected"] = code not in (None, 0) and said is not None \
+            and str(path) in said and str(offset) in said
+        if code is None:
+            self.cluster.kill(node_id)  # it started on a corrupt log: stop it, flagged
 
-        async def tell(node_id: int, peers: list[int]) -> Any:
-            connection = RpcConnection(self.cluster.nodes[node_id].address)
-            try:
-                return await connection.call({"op": "fault", "drop_peers": peers},
-                                             FAULT_CALL_TIMEOUT_S)
-            except Exception as error:  # a node down or stopped: recorded, healed later
-                return {"error": repr(error)}
-            finally:
-                await connection.close()
+    def _restore(self, fault: Fault | None, node_id: int | None = None) -> None:
+        """Put the original byte back (the operator's backup) and start the node."""
+        node_id = fault.nodes[0] if fault is not None else node_id
+        assert node_id is not None
+        saved = self._corrupted.pop(node_id, None)
+        if saved is not None:
+            if self.cluster.nodes[node_id].running:
+                self.cluster.kill(node_id)
+            path, at, original = saved
+            with path.open("r+b") as f:
+                f.seek(at)
+                f.write(original)
+        self.cluster.start_node(node_id)
 
-        async def tell_all() -> dict[int, Any]:
-            ids = sorted(drops)
-            answers = await asyncio.gather(*[tell(n, drops[n]) for n in ids])
-            return dict(zip(ids, answers, strict=True))
 
-        return asyncio.run(tell_all())
+def pick_record(wal_dir: Path, pick: float) -> tuple[Path, int, int] | None:
+    """(segment, record offset, byte to flip) of a record with a valid record after it,
+    in the newest segment that has two records or more; `pick` in [0, 1) chooses which."""
+    for path in sorted(wal_dir.glob("*.wal"), reverse=True):
+        valid, _ = records.scan(path.read_bytes())
+        if len(valid) >= 2:
+            record = valid[int(pick * (len(valid) - 1))]  # never the last
+            return path, record.offset, record.offset + (record.end - record.offset) // 2
+    return None
+
+
+def _last_line(path: Path, needle: str, since: int = 0) -> str | None:
+    """The last line of a node log that contains `needle` (after byte `since`)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [line for line in text.splitlines() if needle in line]
+    return lines[-1][-600:] if lines else None

@@ -1,15 +1,24 @@
 """`ringlock torture`: real node processes, recording clients, seeded faults, then checks.
 
 One run:
-  1. start a DevCluster of N nodes in OUT/cluster with the transport fault layer on
-     (RINGLOCK_FAULTS=1; the nodes listen on loopback only);
+  1. choose the network (`--net`): `netns` (root, `ip netns` and iptables work; the
+     default `auto` takes it when it can) puts every node in its own network namespace
+     and this process's clients in a client namespace (torture/netns.py), each node's
+     data directory on a small tmpfs, and sets a random RINGLOCK_SECRET for nodes and
+     clients; `transport` runs the nodes on loopback with the transport fault layer on
+     (RINGLOCK_FAULTS=1). The verdict says which (`network`, `partition_mechanism`);
+     fault kinds a mode cannot make are listed as skipped, with why;
+     start a DevCluster of N nodes in OUT/cluster;
   2. start the clients: KV register clients and ack writers (a thread of this process),
      lock workers (processes, so that a pause can stop one holding a lock);
   3. inject the seeded faults one at a time, each healed before the next;
   4. stop the clients, heal everything, wait until every group has a leader and every
      replica of every group reports the same applied index;
-  5. check (torture/checks.py) and write OUT/history.jsonl and OUT/verdict.json; the
-     node logs are OUT/cluster/node-N/node.log.
+  5. check (torture/checks.py), measure how long each fault stalled writes and lock
+     grants (torture/availability.py), and write OUT/history.jsonl and OUT/verdict.json;
+     the node logs are OUT/cluster/node-N/node.log.
+Teardown (nodes and workers stopped by PID, tmpfs unmounted, namespaces deleted) runs
+in a `finally`, so a failure or Ctrl-C leaves nothing behind.
 The verdict's last line is `torture: PASS ...` or `torture: FAIL <reason>`.
 """
 
@@ -18,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +39,8 @@ from typing import Any
 from ringlock.checker import LockHold, Op
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.server.faults import FAULTS_ENV
+from ringlock.sharding.keys import shard_of
+from ringlock.torture.availability import Success, windows_by_kind
 from ringlock.torture.checks import (
     Check,
     FencedWrite,
@@ -36,8 +49,18 @@ from ringlock.torture.checks import (
     check_stored,
     compare_digests,
 )
-from ringlock.torture.faults import FAULT_KINDS, PARTITION_MECHANISM, Fault, Injector, schedule
+from ringlock.torture.faults import (
+    FAULT_KINDS,
+    NETNS_ONLY_KINDS,
+    Cuts,
+    Fault,
+    Injector,
+    IptablesCuts,
+    TransportCuts,
+    schedule,
+)
 from ringlock.torture.lockworker import fenced_key
+from ringlock.torture.netns import Disk, NetLab, netns_usable
 from ringlock.torture.workload import (
     ACK_PREFIX,
     KvWorkload,
@@ -51,6 +74,17 @@ LOCK_TTL_S = 2.0
 LOCKS = ("torture-lock-0", "torture-lock-1")
 LOCK_WORKERS = 3
 CONVERGE_TIMEOUT_S = 60.0
+NET_MODES = ("auto", "netns", "transport")
+DISK_MIB = 256
+"""Each node's tmpfs data directory in netns mode: room for a 30-minute run's WAL and
+snapshots; the full-disk fault fills what is left."""
+COMPACT_EVERY = 300
+"""Entries between a replica's snapshots (the node default is 4,096): snapshots, their
+files and InstallSnapshot happen often under the faults, and a full disk is met by a
+snapshot write within seconds, not only when the WAL's 1 MiB preallocation runs out."""
+SECRET_ENV = "RINGLOCK_SECRET"
+"""The cluster secret nodes on non-loopback addresses require (read by `ringlock serve`
+and by clients); netns mode sets a random one for the run."""
 
 
 @dataclass
@@ -60,6 +94,19 @@ class Options:
     faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     seed: int = 1
     out: Path = Path("torture-out")
+    net: str = "auto"
+
+
+def choose_network(asked: str) -> tuple[str, str]:
+    """("netns" | "transport", why), for `--net auto|netns|transport`."""
+    if asked not in NET_MODES:
+        raise ValueError(f"--net must be one of {NET_MODES}, got {asked!r}")
+    if asked == "transport":
+        return "transport", "asked for (--net transport)"
+    usable, why = netns_usable()
+    if asked == "netns" and not usable:
+        raise RuntimeError(f"--net netns is not possible here: {why}")
+    return ("netns", why) if usable else ("transport", f"no network namespaces: {why}")
 
 
 @dataclass
@@ -75,15 +122,25 @@ def run(options: Options, log: Any = print) -> Outcome:
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "verdict.json"):
         (out / stale).unlink(missing_ok=True)
-    cluster = DevCluster(out / "cluster", nodes=options.nodes,
-                         base_port=free_base_port(options.nodes), shards=SHARDS,
-                         name=f"torture-{options.seed}", env={FAULTS_ENV: "1"})
+    shutil.rmtree(out / "cluster", ignore_errors=True)  # a new cluster each run
+    network, why = choose_network(options.net)
+    skipped = {k: "needs --net netns (root)" for k in options.faults
+               if network == "transport" and k in NETNS_ONLY_KINDS}
+    kinds = [k for k in options.faults if k not in skipped]
+    log(f"torture: network {network} ({why})"
+        + (f"; skipped fault kinds: {', '.join(skipped)} (need netns)" if skipped else ""))
+    node_ids = list(range(1, options.nodes + 1))
+    lab = NetLab(node_ids) if network == "netns" else None
+    disk = Disk(DISK_MIB) if network == "netns" else None
+    saved_secret = os.environ.get(SECRET_ENV)
     workers: list[subprocess.Popen[bytes]] = []
+    cluster: DevCluster | None = None
     started = time.monotonic()
     try:
+        cluster, cuts = _make_cluster(options, out, lab, disk)
         log(f"torture: starting {options.nodes} nodes in {cluster.data_dir}")
         cluster.start()
-        faults = schedule(options.seed, options.seconds, options.faults, sorted(cluster.nodes),
+        faults = schedule(options.seed, options.seconds, kinds, sorted(cluster.nodes),
                           LOCK_TTL_S)
         kv = KvWorkload(cluster.addresses, seed=options.seed)
         stop_file = out / "workers.stop"
@@ -99,7 +156,7 @@ def run(options: Options, log: Any = print) -> Outcome:
             stdout=(out / f"lockworker-{i}.log").open("ab"), stderr=subprocess.STDOUT)
             for i, path in enumerate(worker_outputs)]
         kv.start()
-        injector = Injector(cluster, workers, worker_outputs)
+        injector = Injector(cluster, workers, worker_outputs, cuts, lab, disk)
         _run_schedule(injector, faults, options.seconds, log)
         log("torture: stopping clients, healing")
         stop_file.touch()
@@ -131,15 +188,111 @@ def run(options: Options, log: Any = print) -> Outcome:
             check_stored(record.acked, record.unknown_writes, set(), acked_store),
             _fenced_stored(writes, fenced_store),
             digests,
+            _faults_seen(faults),
         ]
+        unavailability = _unavailability(faults, history, record.ack_times, holds)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(10)
-        cluster.stop()
-    return _verdict(options, out, checks, faults, history, holds, lock_errors,
-                    load_s, converge_note, cluster)
+        if cluster is not None:
+            cluster.stop()
+        _teardown(lab, disk, saved_secret, log)
+    facts = {"network": network, "network_why": why, "skipped": skipped,
+             "partition_mechanism": cuts.mechanism, "unavailability_s": unavailability}
+    outcome = _verdict(options, kinds, out, checks, faults, history, holds, lock_errors,
+                       load_s, converge_note, cluster, facts)
+    log(unavailability_text(unavailability))
+    return outcome
+
+
+def unavailability_text(unavailability: dict[str, Any]) -> str:
+    """`torture: unavailability p50/p99 s: writes kill 0.4/1.9, ...; lock grants ...`."""
+    parts = []
+    for what, by_kind in unavailability.items():
+        cells = [f"{kind} {row['p50_s']}/{row['p99_s']}" for kind, row in by_kind.items()]
+        parts.append(f"{what.replace('_', ' ')} " + ", ".join(cells))
+    return "torture: unavailability p50/p99 s: " + "; ".join(parts)
+
+
+def _make_cluster(options: Options, out: Path, lab: NetLab | None,
+                  disk: Disk | None) -> tuple[DevCluster, Cuts]:
+    """The cluster, in its namespaces (each made here) or on loopback, and its cuts."""
+    name = f"torture-{options.seed}"
+    if lab is None or disk is None:
+        cluster = DevCluster(out / "cluster", nodes=options.nodes,
+                             base_port=free_base_port(options.nodes), shards=SHARDS,
+                             name=name, env={FAULTS_ENV: "1"},
+                             extra_args=("--compact-every", str(COMPACT_EVERY)))
+        return cluster, TransportCuts(cluster)
+    lab.create()
+    for node_id in lab.node_ids:
+        disk.mount(out / "cluster" / f"node-{node_id}" / "data")
+    secret = secrets.token_hex(16)
+    os.environ[SECRET_ENV] = secret  # the clients of this process and the lock workers
+    cluster = DevCluster(out / "cluster", nodes=options.nodes, shards=SHARDS, name=name,
+                         env={SECRET_ENV: secret},
+                         node_addresses={i: lab.address(i) for i in lab.node_ids},
+                         launcher=lab.launcher, store_subdir="data",
+                         extra_args=("--compact-every", str(COMPACT_EVERY)))
+    lab.enter_client()
+    return cluster, IptablesCuts(lab)
+
+
+def _teardown(lab: NetLab | None, disk: Disk | None, saved_secret: str | None,
+              log: Any) -> None:
+    """Unmount, delete the namespaces, restore the environment; say what failed."""
+    problems: list[str] = []
+    if lab is not None:
+        lab.leave_client()
+    if disk is not None:
+        problems += disk.unmount_all()
+    if lab is not None:
+        problems += lab.teardown()
+        if saved_secret is None:
+            os.environ.pop(SECRET_ENV, None)
+        else:
+            os.environ[SECRET_ENV] = saved_secret
+    if problems:
+        log(f"torture: teardown problems: {problems}")
+
+
+def _faults_seen(faults: list[Fault]) -> Check:
+    """Faults the nodes had to notice did get noticed: a corrupted WAL record refused at
+    start with its file and offset; a node that exited on a full disk said why."""
+    problems = []
+    corrupt = [f for f in faults if f.kind == "corrupt_wal" and "skipped" not in f.detail]
+    for f in corrupt:
+        if not f.detail.get("detected"):
+            problems.append(f"node {f.nodes[0]} started on a corrupted WAL record "
+                            f"({f.detail.get('file')} at {f.detail.get('record_offset')}; "
+                            f"exit {f.detail.get('exit_code')}, said {f.detail.get('node_said')})")
+    full = [f for f in faults if f.kind == "full_disk"]
+    for f in full:
+        if f.detail.get("node_exited") is not None and not f.detail.get("node_said"):
+            problems.append(f"node {f.nodes[0]} exited ({f.detail['node_exited']}) on a full "
+                            "disk without saying 'No space left'")
+    exited = sum(f.detail.get("node_exited") is not None for f in full)
+    message = "; ".join(problems) if problems else (
+        f"{len(corrupt)} corrupted WAL records refused at start with file and offset; "
+        f"{exited} of {len(full)} full disks stopped their node with a disk-full error")
+    return Check("faults_detected", not problems, message, len(corrupt) + len(full), 0.0,
+                 {"corrupt_wal_detected": len(corrupt) - len(problems),
+                  "full_disk_node_exited": exited})
+
+
+def _unavailability(faults: list[Fault], history: list[Op],
+                    ack_times: list[tuple[str, int, int]],
+                    holds: list[LockHold]) -> dict[str, Any]:
+    """Per fault kind, p50/p99 of how long writes (per shard) and lock grants stalled."""
+    writes = [Success(f"shard {shard_of(op.key.encode(), SHARDS)}", op.call, op.ret)
+              for op in history if op.kind != "get" and op.ret is not None]
+    writes += [Success(f"shard {shard_of(key.encode(), SHARDS)}", call, ret)
+               for key, call, ret in ack_times]
+    grants = [Success(h.lock, h.acquired, h.acquired) for h in holds]
+    return {"writes": windows_by_kind(faults, writes, lambda f: f.applied_ns),
+            "lock_grants": windows_by_kind(faults, grants, lambda f: f.applied_ns)}
 
 
 def _run_schedule(injector: Injector, faults: list[Fault], seconds: float, log: Any) -> None:
@@ -147,12 +300,14 @@ def _run_schedule(injector: Injector, faults: list[Fault], seconds: float, log: 
     for fault in faults:
         _sleep_until(began + fault.at)
         fault.applied_at = round(time.monotonic() - began, 3)
+        fault.applied_ns = time.monotonic_ns()
         injector.apply(fault)
         log(f"torture: t={fault.applied_at:.1f}s {fault.kind} {fault.nodes} "
             f"for {fault.duration:.1f}s {fault.detail.get('paused_lock_worker', '')}")
         _sleep_until(began + fault.applied_at + fault.duration)
         injector.heal(fault)
         fault.healed_at = round(time.monotonic() - began, 3)
+        fault.healed_ns = time.monotonic_ns()
     _sleep_until(began + seconds)
 
 
@@ -270,12 +425,13 @@ def _write_history(path: Path, history: list[Op], holds: list[LockHold],
                                 "outcome": "unknown"}) + "\n")
 
 
-def _verdict(options: Options, out: Path, checks: list[Check], faults: list[Fault],
-             history: list[Op], holds: list[LockHold], lock_errors: list[str], load_s: float,
-             converge_note: str, cluster: DevCluster) -> Outcome:
-    counts = {kind: sum(f.kind == kind for f in faults) for kind in options.faults}
+def _verdict(options: Options, kinds: list[str], out: Path, checks: list[Check],
+             faults: list[Fault], history: list[Op], holds: list[LockHold],
+             lock_errors: list[str], load_s: float, converge_note: str, cluster: DevCluster,
+             facts: dict[str, Any]) -> Outcome:
+    counts = {kind: sum(f.kind == kind for f in faults) for kind in kinds}
     failed = [c for c in checks if not c.ok]
-    enough = [f"no {kind} fault fit in {options.seconds:g} s" for kind in options.faults
+    enough = [f"no {kind} fault fit in {options.seconds:g} s" for kind in kinds
               if counts[kind] == 0]
     if not holds:
         enough.append("no lock was ever held")
@@ -283,22 +439,22 @@ def _verdict(options: Options, out: Path, checks: list[Check], faults: list[Faul
     passed = not failed and not enough
     reason = "; ".join([f"{c.name}: {c.message}" for c in failed] + enough)
     fault_text = ",".join(f"{k}:{v}" for k, v in counts.items())
-    summary = (f"nodes={options.nodes} seed={options.seed} seconds={options.seconds:g} "
+    summary = (f"net={facts['network']} nodes={options.nodes} seed={options.seed} "
+               f"seconds={options.seconds:g} "
                f"ops={len(history)} holds={len(holds)} faults={fault_text} "
                f"violations={len(failed)} checker={checker_s:.2f}s out={out}")
     line = f"torture: PASS {summary}" if passed else f"torture: FAIL {reason} ({summary})"
     verdict = {
         "verdict": "PASS" if passed else "FAIL", "reason": reason or None,
         "nodes": options.nodes, "seconds": options.seconds, "seed": options.seed,
-        "faults_asked": options.faults, "faults": counts,
-        "partition_mechanism": PARTITION_MECHANISM,
+        "faults_asked": options.faults, "faults": counts, **facts,
         "ops_checked": len(history), "ops_unknown": sum(op.ret is None for op in history),
         "lock_holds": len(holds), "lock_errors": lock_errors[:20],
         "violations": len(failed), "checker_s": round(checker_s, 3),
         "load_and_heal_s": round(load_s, 1), "convergence": converge_note,
         "checks": {c.name: c.to_json() for c in checks},
         "history": str(out / "history.jsonl"),
-        "node_logs": [str(n.data_dir / "node.log") for _, n in sorted(cluster.nodes.items())],
+        "node_logs": [str(n.log_path) for _, n in sorted(cluster.nodes.items())],
         "last_line": line,
     }
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")

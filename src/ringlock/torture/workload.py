@@ -38,6 +38,8 @@ class KvRecord:
     history: list[Op] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)
     unknown_writes: dict[str, str] = field(default_factory=dict)
+    ack_times: list[tuple[str, int, int]] = field(default_factory=list)
+    """(key, call, return) of each acknowledged ack write: the unavailability figures."""
     errors: int = 0
 
 
@@ -113,6 +115,7 @@ class KvWorkload:
             while not self._stop.is_set():
                 key, value = f"{ACK_PREFIX}{number}/{n:08d}", f"v{n}"
                 n += 1
+                call = time.monotonic_ns()
                 try:
                     await client.put(key, value)
                 except Exception:  # unknown: may or may not be there
@@ -120,6 +123,7 @@ class KvWorkload:
                     self.record.unknown_writes[key] = value
                 else:
                     self.record.acked[key] = value
+                    self.record.ack_times.append((key, call, time.monotonic_ns()))
                 await asyncio.sleep(self.think_s)
 
 
