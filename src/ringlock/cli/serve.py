@@ -12,7 +12,9 @@ from typing import Any
 import click
 
 from ringlock.errors import ConfigError
-from ringlock.server.config import build_config, load_toml, parse_peers
+from ringlock.server.config import build_config, load_toml, parse_peers, read_secret_file
+
+SECRET_ENV = "RINGLOCK_SECRET"
 
 
 def setup_logging(node: int, level: str) -> None:
@@ -46,13 +48,21 @@ def setup_logging(node: int, level: str) -> None:
               help="Shard replicas moving at once (default 2).")
 @click.option("--no-fsync", is_flag=True, default=None,
               help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help=f"File holding the cluster secret (else ${SECRET_ENV}); required when "
+                   "any address is not loopback.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="This node's certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False),
+              help="The cluster's CA certificate (all three TLS files or none).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: str | None,
           config_file: str | None, shards: int | None, cluster_name: str | None,
           tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
           join: str | None, replicas: int | None, dead_after_s: float | None,
-          max_moves: int | None, no_fsync: bool | None,
+          max_moves: int | None, no_fsync: bool | None, secret_file: str | None,
+          tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
           log_level: str) -> None:
     """Run a ringlock node."""
     try:
@@ -62,8 +72,12 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                  "compact_every": compact_every, "join": join, "replicas": replicas,
                  "dead_after_s": dead_after_s, "max_moves": max_moves,
                  "peers": parse_peers(peers) if peers else None,
-                 "fsync": False if no_fsync else None}
+                 "fsync": False if no_fsync else None,
+                 "secret": read_secret_file(secret_file) if secret_file else None,
+                 "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
         settings.update({k: v for k, v in flags.items() if v is not None})
+        if "secret" not in settings and os.environ.get(SECRET_ENV):
+            settings["secret"] = os.environ[SECRET_ENV]
         for required in ("node_id", "listen", "data_dir"):
             if required not in settings:
                 raise ConfigError(f"--{required.replace('_dir', '').replace('node_', '')} "
