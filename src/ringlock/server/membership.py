@@ -207,7 +207,8 @@ class Membership:
             else:
                 raise ConfigError(f"could not join the cluster through {address}")
         except RequestError as error:
-            raise ConfigError(f"joining through {address} refused: {error}") from error
+            raise ConfigError(f"joining through {address} refused: "
+                              f"{type(error).__name__}: {error}") from error
         finally:
             await connection.close()
         log.info("node %d joined cluster %r through %s", config.node_id, config.cluster,

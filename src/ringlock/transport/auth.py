@@ -144,7 +144,7 @@ class ConnectHandshake:
                                  self._nonce_connect, nonce_accept)
         proof = challenge.get("proof")
         if not isinstance(proof, bytes) or not hmac.compare_digest(proof, expected):
-            raise Unauthorized(f"{where} does not know this cluster secret: "
-                               "wrong secret (on this side or there)")
+            raise Unauthorized(f"{where} proved a different cluster secret than ours: "
+                               "a wrong secret, here or there")
         return {"op": "auth", "proof": compute_proof(
             self._secret, b"connect", cluster, self.node, self._nonce_connect, nonce_accept)}
