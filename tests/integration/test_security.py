@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
 from ringlock.certs import make_certs
+from ringlock.cli.main import cli
 from ringlock.client import Client
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.errors import TlsError, Unauthorized
@@ -98,6 +100,16 @@ def test_a_plain_text_client_at_a_tls_port_fails_cleanly(secure: DevCluster) -> 
         log_of(secure, n) for n in secure.nodes)
     with secure.client(timeout=5) as client:  # the nodes keep serving
         assert client.get("k") == b"v0"
+
+
+def test_the_cli_takes_the_secret_and_ca_from_the_environment(secure: DevCluster) -> None:
+    env = {"RINGLOCK_CLUSTER": secure.cluster, "RINGLOCK_TLS_CA": secure.tls_ca or "",
+           "RINGLOCK_SECRET": "", "RINGLOCK_SECRET_FILE": str(secure.secret_file)}
+    result = CliRunner().invoke(cli, ["get", "k", "--timeout", "5"], env=env)
+    assert result.exit_code == 0 and "v0" in result.output, result.output
+    result = CliRunner().invoke(cli, ["put", "k", "x", "--timeout", "5"],
+                                env={**env, "RINGLOCK_SECRET_FILE": ""})
+    assert result.exit_code == 1 and "Unauthorized" in result.output, result.output
 
 
 def test_a_node_with_the_wrong_secret_cannot_join(secure: DevCluster) -> None:

@@ -6,6 +6,8 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,15 +24,18 @@ from ringlock.devcluster import DEFAULT_BASE_PORT, DEFAULT_DATA_DIR, DevCluster
 @click.option("--shards", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--demo", "with_demo", is_flag=True,
               help="Run a short demo (writes, a kill -9, a check) once the cluster is up.")
+@click.option("--secure", is_flag=True,
+              help="TLS and a cluster secret: certificates and secret made in DATA/tls.")
 @click.option("--exit/--stay", "exit_after", default=None,
               help="Stop the cluster after the demo (default: stay up only on a terminal).")
 def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
-        exit_after: bool | None) -> None:
+        secure: bool, exit_after: bool | None) -> None:
     """Start a local cluster on loopback and keep it running until Ctrl-C."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    cluster = DevCluster(data_dir, nodes=nodes, base_port=port, shards=shards)
+    security = secure_settings(Path(data_dir), nodes) if secure else {}
+    cluster = DevCluster(data_dir, nodes=nodes, base_port=port, shards=shards, **security)
     started = time.monotonic()
     try:
         cluster.start(wait=False)
@@ -50,7 +55,12 @@ def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
             run_demo(cluster)
             if exit_after or (exit_after is None and not sys.stdin.isatty()):
                 return
-        click.echo(f"\n  export RINGLOCK_CLUSTER={cluster.cluster}\n  ringlock put greeting "
+        exports = f"RINGLOCK_CLUSTER={cluster.cluster}"
+        if cluster.secret is not None:
+            exports += f" RINGLOCK_SECRET_FILE={cluster.secret_file}"
+        if cluster.tls_ca is not None:
+            exports += f" RINGLOCK_TLS_CA={cluster.tls_ca}"
+        click.echo(f"\n  export {exports}\n  ringlock put greeting "
                    "hello && ringlock get greeting\n\nCtrl-C stops the cluster.")
         while not stop.wait(0.5):
             for node_id, node in cluster.nodes.items():
@@ -61,3 +71,14 @@ def dev(nodes: int, data_dir: str, port: int, shards: int, with_demo: bool,
     finally:
         click.echo("stopping the cluster ...")
         cluster.stop()
+
+
+def secure_settings(data_dir: Path, nodes: int) -> dict[str, Any]:
+    """Certificates and a secret in DATA/tls, made once and reused by later starts."""
+    from ringlock.certs import make_certs
+    from ringlock.server.config import read_secret_file
+
+    tls_dir = data_dir.absolute() / "tls"
+    if not (tls_dir / "ca.pem").exists():
+        make_certs(tls_dir, nodes=max(nodes, 8))  # room for nodes added later
+    return {"secret": read_secret_file(tls_dir / "secret"), "tls_dir": tls_dir}
