@@ -104,7 +104,8 @@ async def accept_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> s
     (the caller logs it and closes the connection)."""
     first = await first_byte(writer, TLS_HANDSHAKE_TIMEOUT_S)
     if first is None:
-        return "nothing received before the TLS handshake timed out"
+        return (f"closed, or silent for TLS_HANDSHAKE_TIMEOUT_S={TLS_HANDSHAKE_TIMEOUT_S:g} s, "
+                "before its TLS handshake")
     if first != TLS_RECORD_HANDSHAKE:
         writer.write(encode_frame({"id": 0, "err": "TlsError", "msg": PLAIN_AT_TLS_PORT}))
         return "a plain-text client at this TLS port; told it so"
