@@ -238,11 +238,10 @@ class Node:
         if self.server_ssl is not None:
             # TLS is taken on here, not by the server, so that a failed handshake is
             # logged, and a plain-text client is told why (transport/tls.py).
-            refused = await tls.accept_tls(writer, self.server_ssl)
-            if refused is not None:
-                peer = writer.get_extra_info("peername")
-                log.warning("connection %s: %s; closing it",
-                            f"{peer[0]}:{peer[1]}" if peer else "?", refused)
+            peer = writer.get_extra_info("peername")
+            name = f"{peer[0]}:{peer[1]}" if peer else "?"
+            if not await tls.accept_tls(writer, self.server_ssl, lambda why: log.warning(
+                    "connection %s: %s; closing it", name, why)):
                 writer.close()
                 return
         connection = Connection(self, reader, writer)

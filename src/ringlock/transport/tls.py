@@ -17,6 +17,7 @@ import asyncio
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from ringlock.codec.frames import encode_frame
@@ -99,21 +100,25 @@ async def first_byte(writer: asyncio.StreamWriter, timeout: float) -> int | None
     return data[0] if data else None
 
 
-async def accept_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> str | None:
-    """Upgrade an accepted connection to TLS; None if done, else why it was refused
-    (the caller logs it and closes the connection)."""
+async def accept_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext,
+                     refused: Callable[[str], None]) -> bool:
+    """Upgrade an accepted connection to TLS: True if done; else `refused(why)` is
+    called (to log it) before a plain-text client is told, and the caller closes."""
     first = await first_byte(writer, TLS_HANDSHAKE_TIMEOUT_S)
     if first is None:
-        return (f"closed, or silent for TLS_HANDSHAKE_TIMEOUT_S={TLS_HANDSHAKE_TIMEOUT_S:g} s, "
+        refused(f"closed, or silent for TLS_HANDSHAKE_TIMEOUT_S={TLS_HANDSHAKE_TIMEOUT_S:g} s, "
                 "before its TLS handshake")
+        return False
     if first != TLS_RECORD_HANDSHAKE:
+        refused("a plain-text client at this TLS port; telling it so")
         writer.write(encode_frame({"id": 0, "err": "TlsError", "msg": PLAIN_AT_TLS_PORT}))
-        return "a plain-text client at this TLS port; told it so"
+        return False
     try:
         await writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
     except (OSError, TimeoutError) as error:
-        return f"TLS handshake failed: {error}"
-    return None
+        refused(f"TLS handshake failed: {error}")
+        return False
+    return True
 
 
 def peer_certificate(writer: asyncio.StreamWriter) -> Any:
