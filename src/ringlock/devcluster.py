@@ -4,6 +4,11 @@ The cluster's shape (node ids, addresses, shards, name) is written to
 `DATA/cluster.json` on first start; a later start on the same directory restarts the
 same cluster with its data. Every process is started in its own session and stopped by
 its PID (SIGTERM, then SIGKILL after a grace period), never by name.
+
+With `secret=`, the nodes share that cluster secret (written to `DATA/secret`, mode
+0600, and passed with --secret-file, never on a command line); with `tls_dir=` (made by
+`ringlock certs`), node N uses `node-N.pem`, `node-N-key.pem` and `ca.pem` from there.
+Both are kept in `cluster.json` (the secret by its file), so a restart keeps them.
 """
 
 from __future__ import annotations
@@ -89,12 +94,14 @@ class DevCluster:
                  http_base_port: int | None = None,
                  node_addresses: dict[int, str] | None = None,
                  launcher: Callable[[int], list[str]] | None = None,
-                 store_subdir: str | None = None) -> None:
+                 store_subdir: str | None = None, secret: str | None = None,
+                 tls_dir: str | Path | None = None) -> None:
         """`http_base_port`: give node i an HTTP API on http_base_port + i - 1 (docs/HTTP.md).
         A restart on existing data keeps the shape written at first start.
         `node_addresses` and `launcher` are for torture's network namespaces only: an
         address per node inside a namespace the caller made, and the command prefix that
-        runs a node there (`ip netns exec NS`, which execs, so the PID is the node's)."""
+        runs a node there (`ip netns exec NS`, which execs, so the PID is the node's).
+        `secret` and `tls_dir` (certificates from `ringlock certs`) start a secured cluster."""
         if not 1 <= nodes <= 64:
             raise ConfigError(f"nodes must be in 1..64, got {nodes}")
         if not host.startswith("127."):
@@ -123,9 +130,33 @@ class DevCluster:
                       for i, a in shape["nodes"].items()}
         self._joined: dict[int, str] = {int(i): a for i, a in shape.get("joined", {}).items()}
         """Nodes added after founding, and the member they joined through."""
+        self.tls_dir: Path | None = Path(tls_dir).absolute() if tls_dir else (
+            Path(shape["tls_dir"]) if shape.get("tls_dir") else None)
+        self.secret: str | None = secret
+        if secret is None and shape.get("secure"):
+            self.secret = self.secret_file.read_text().rstrip("\n")
+        self._node_secrets: dict[int, str] = {}
+        """Per-node secrets that differ from the cluster's (tests of a wrong one)."""
         self._client: Any = None
-        if not existing:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if secret is not None:
+            self._write_secret(self.secret_file, secret)
+        if not existing or secret is not None or tls_dir:
             self._save_shape()
+
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / "secret"
+
+    @staticmethod
+    def _write_secret(path: Path, secret: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secret + "\n")
+
+    @property
+    def tls_ca(self) -> str | None:
+        return str(self.tls_dir / "ca.pem") if self.tls_dir else None
 
     @property
     def _shape_file(self) -> Path:
@@ -136,7 +167,9 @@ class DevCluster:
         shape = {"name": self.name, "shards": self.shards,
                  "nodes": {str(i): n.address for i, n in sorted(self.nodes.items())},
                  "http": {str(i): n.http for i, n in sorted(self.nodes.items()) if n.http},
-                 "joined": {str(i): a for i, a in sorted(self._joined.items())}}
+                 "joined": {str(i): a for i, a in sorted(self._joined.items())},
+                 "secure": self.secret is not None,
+                 "tls_dir": str(self.tls_dir) if self.tls_dir else None}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._shape_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(shape, indent=2))
@@ -184,14 +217,33 @@ class DevCluster:
             command += ["--peers", peers]
         if not self.fsync:
             command.append("--no-fsync")
+        command += self._security_args(node_id)
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, start_new_session=True,
                                             env={**os.environ, **self.env} if self.env else None)
         (node.data_dir / "pid").write_text(str(node.process.pid))
 
-    def add_node(self, node_id: int, *, via: int | None = None) -> None:
-        """Start a new node that joins the running cluster through `via` (any member)."""
+    def _security_args(self, node_id: int) -> list[str]:
+        args: list[str] = []
+        if node_id in self._node_secrets:
+            path = self.data_dir / f"secret-{node_id}"
+            self._write_secret(path, self._node_secrets[node_id])
+            args += ["--secret-file", str(path)]
+        elif self.secret is not None:
+            args += ["--secret-file", str(self.secret_file)]
+        if self.tls_dir is not None:
+            args += ["--tls-cert", str(self.tls_dir / f"node-{node_id}.pem"),
+                     "--tls-key", str(self.tls_dir / f"node-{node_id}-key.pem"),
+                     "--tls-ca", str(self.tls_dir / "ca.pem")]
+        return args
+
+    def add_node(self, node_id: int, *, via: int | None = None,
+                 secret: str | None = None) -> None:
+        """Start a new node that joins the running cluster through `via` (any member).
+        `secret`: this node's own, when a test wants one that differs."""
+        if secret is not None:
+            self._node_secrets[node_id] = secret
         if node_id in self.nodes:
             raise ConfigError(f"node {node_id} is already in this dev cluster")
         host, _, _ = self.addresses[0].rpartition(":")
@@ -249,7 +301,8 @@ class DevCluster:
     def client(self, **kwargs: Any) -> Any:
         from ringlock.client import Client
 
-        return Client(self.addresses, **kwargs)
+        security: dict[str, Any] = {"secret": self.secret or "", "tls_ca": self.tls_ca or ""}
+        return Client(self.addresses, **{**security, **kwargs})
 
     def leaders(self) -> dict[int, int]:
         """shard -> node id, as the running nodes report their own leadership."""

@@ -155,24 +155,33 @@ class WaitSuperseded(RequestError):
     retryable = True
 
 
+class Unauthorized(RequestError):
+    """The cluster requires a secret and this connection has not proved it knows it (none
+    was given, or a wrong one): nothing was read or changed. Not retried: another try
+    with the same secret fails the same way."""
+
+    code = "Unauthorized"
+
+
+class TlsError(RequestError):
+    """A TLS handshake with a node failed: a plain-text client at a TLS port, a TLS
+    client at a plain-text port, or a certificate the given CA did not sign. Not
+    retried: the configuration must change first."""
+
+    code = "TlsError"
+
+
 class NotFound(RequestError):
     """The lease (or other named object) does not exist: it expired or was revoked."""
 
     code = "NotFound"
 
 
-class Unauthorized(RequestError):
-    """The request did not carry the cluster's secret (or carried a wrong one); nothing
-    was read or changed. Not retryable: the same credentials fail the same way."""
-
-    code = "Unauthorized"
-
-
 ERROR_CODES: dict[str, type[RequestError]] = {
     cls.code: cls
     for cls in (NotLeader, WrongShard, Unavailable, RequestTimeout, TooLarge, BadRequest,
                 CommandFailed, NotFound, FencedOut, NotHolder, LockLimitExceeded,
-                LockWaitAborted, WaitSuperseded, Unauthorized)
+                LockWaitAborted, WaitSuperseded, Unauthorized, TlsError)
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ringlock.errors import RequestError
+from ringlock.errors import ConfigError, RequestError
 from ringlock.raft.messages import Role
 
 cluster_option = click.option(
@@ -19,9 +19,14 @@ timeout_option = click.option("--timeout", type=click.FloatRange(0.01, 3600), de
 
 
 def _client(cluster: str | None, timeout: float) -> Any:
+    """A client; its secret and TLS come from $RINGLOCK_SECRET (or _SECRET_FILE) and
+    $RINGLOCK_TLS_CA (see `ringlock certs`)."""
     from ringlock.client import Client
 
-    return Client(cluster, timeout=timeout)
+    try:
+        return Client(cluster, timeout=timeout)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _fail(error: RequestError) -> None:

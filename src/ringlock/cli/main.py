@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ringlock.cli.bench import bench
+from ringlock.cli.certs import certs
 from ringlock.cli.demo import demo
 from ringlock.cli.dev import dev
 from ringlock.cli.kv import delete, get, node, put, scan, status
@@ -21,7 +22,7 @@ def cli() -> None:
 
 
 for command in (sim, demo, serve, dev, put, get, delete, scan, status, node, lock,
-                locks_command, bench, torture):
+                locks_command, bench, torture, certs):
     cli.add_command(command)
 
 

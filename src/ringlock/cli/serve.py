@@ -12,10 +12,11 @@ from typing import Any
 import click
 
 from ringlock.errors import ConfigError
-from ringlock.server.config import build_config, load_toml, parse_peers
+from ringlock.server.config import build_config, load_toml, parse_peers, read_secret_file
 
 SECRET_ENV = "RINGLOCK_SECRET"
-"""The cluster secret, when the config file does not set one (docs/HTTP.md)."""
+"""The cluster secret, when neither --secret-file nor the config file gives one. The
+environment, not a flag: a flag's value shows in `ps` to every user."""
 
 
 def setup_logging(node: int, level: str) -> None:
@@ -51,6 +52,13 @@ def setup_logging(node: int, level: str) -> None:
               help="Serve the HTTP API and /metrics here (docs/HTTP.md); default: none.")
 @click.option("--no-fsync", is_flag=True, default=None,
               help="UNSAFE: do not fsync the log (benchmarks of the rest only).")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help=f"File holding the cluster secret (else ${SECRET_ENV}); required when "
+                   "any address is not loopback.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="This node's certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False),
+              help="The cluster's CA certificate (all three TLS files or none).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: str | None,
@@ -58,6 +66,8 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
           tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
           join: str | None, replicas: int | None, dead_after_s: float | None,
           max_moves: int | None, http_listen: str | None, no_fsync: bool | None,
+          secret_file: str | None, tls_cert: str | None, tls_key: str | None,
+          tls_ca: str | None,
           log_level: str) -> None:
     """Run a ringlock node."""
     try:
@@ -67,16 +77,17 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                  "compact_every": compact_every, "join": join, "replicas": replicas,
                  "dead_after_s": dead_after_s, "max_moves": max_moves,
                  "peers": parse_peers(peers) if peers else None, "http_listen": http_listen,
-                 "fsync": False if no_fsync else None}
+                 "fsync": False if no_fsync else None,
+                 "secret": read_secret_file(secret_file) if secret_file else None,
+                 "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
         settings.update({k: v for k, v in flags.items() if v is not None})
+        if "secret" not in settings and os.environ.get(SECRET_ENV):
+            settings["secret"] = os.environ[SECRET_ENV]
         for required in ("node_id", "listen", "data_dir"):
             if required not in settings:
                 raise ConfigError(f"--{required.replace('_dir', '').replace('node_', '')} "
                                   "is required (flag or config file)")
         settings.setdefault("peers", {settings["node_id"]: settings["listen"]})
-        if not settings.get("secret") and os.environ.get(SECRET_ENV):
-            # The environment, not a flag: a flag's value shows in `ps` to every user.
-            settings["secret"] = os.environ[SECRET_ENV]
         config = build_config(settings)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error

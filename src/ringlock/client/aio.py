@@ -6,6 +6,11 @@ carries the leader's address and is followed at once; `Unavailable` and broken
 connections are retried on the next replica after an exponential backoff with full
 jitter; everything happens inside the call's deadline, after which `RequestTimeout`.
 
+Security: with a cluster secret (argument, else $RINGLOCK_SECRET) every connection
+proves it first (transport/auth.py); with a CA (`tls_ca`, else $RINGLOCK_TLS_CA) every
+connection is TLS and the node's certificate is checked. A missing or wrong secret
+raises `Unauthorized`, a TLS mismatch `TlsError`, at once: retrying cannot help.
+
 Exactly once: every write carries (client id, seq), the same on every retry, so a write
 whose answer was lost is applied once even if it is sent twice.
 """
@@ -16,6 +21,7 @@ import asyncio
 import os
 import random
 import secrets
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +41,8 @@ from ringlock.errors import (
     NotLeader,
     RequestError,
     RequestTimeout,
+    TlsError,
+    Unauthorized,
     Unavailable,
     WaitSuperseded,
     WrongShard,
@@ -44,6 +52,7 @@ from ringlock.sharding.keys import shard_of
 from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import KeyValue
 from ringlock.transport.rpc import RpcConnection
+from ringlock.transport.tls import client_context
 
 if TYPE_CHECKING:
     from ringlock.client.watch import Watch
@@ -57,6 +66,35 @@ BACKOFF_BASE_S = 0.02
 BACKOFF_MAX_S = 0.2
 
 Key = str | bytes
+FATAL_ERRORS = (Unauthorized, TlsError)
+"""Raised at once, never retried on another node: they all share the same settings."""
+
+
+def secret_from_env() -> str | None:
+    """$RINGLOCK_SECRET, else the contents of the file $RINGLOCK_SECRET_FILE names."""
+    secret = os.environ.get("RINGLOCK_SECRET")
+    if secret:
+        return secret
+    path = os.environ.get("RINGLOCK_SECRET_FILE")
+    if path:
+        from ringlock.server.config import read_secret_file
+
+        return read_secret_file(path)
+    return None
+
+
+def client_tls(tls_ca: str | None, tls_cert: str | None = None,
+               tls_key: str | None = None) -> ssl.SSLContext | None:
+    """A TLS context from the arguments, else $RINGLOCK_TLS_CA (and optionally
+    $RINGLOCK_TLS_CERT / $RINGLOCK_TLS_KEY, a client certificate); None: plain text."""
+    ca = tls_ca if tls_ca is not None else os.environ.get("RINGLOCK_TLS_CA", "")
+    if not ca:
+        return None
+    cert = tls_cert if tls_cert is not None else os.environ.get("RINGLOCK_TLS_CERT", "")
+    key = tls_key if tls_key is not None else os.environ.get("RINGLOCK_TLS_KEY", "")
+    if bool(cert) != bool(key):
+        raise ConfigError("a client certificate needs its key (tls_cert and tls_key)")
+    return client_context(ca, cert, key)
 
 
 def cluster_addresses(cluster: str | Iterable[str] | None) -> list[str]:
@@ -136,9 +174,17 @@ def decode_kv(raw: Any) -> KeyValue | None:
 
 class AsyncClient:
     def __init__(self, cluster: str | Iterable[str] | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, secret: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
+        """`secret`: the cluster secret (else $RINGLOCK_SECRET or the file
+        $RINGLOCK_SECRET_FILE names; "" for none). `tls_ca`:
+        the cluster CA's certificate file (else $RINGLOCK_TLS_CA): TLS to every node.
+        `tls_cert`/`tls_key`: a client certificate, optional."""
         self.seeds = cluster_addresses(cluster)
         self.timeout = timeout
+        self._secret = secret if secret is not None else secret_from_env()
+        self._ssl = client_tls(tls_ca, tls_cert, tls_key)
         self.client_id = secrets.randbits(62) + 1
         self._seq = 0
         self._connections: dict[str, RpcConnection] = {}
@@ -373,7 +419,7 @@ class AsyncClient:
     def _connection(self, address: str) -> RpcConnection:
         connection = self._connections.get(address)
         if connection is None or connection.broken:
-            connection = RpcConnection(address)
+            connection = RpcConnection(address, secret=self._secret or None, ssl=self._ssl)
             self._connections[address] = connection
         return connection
 
@@ -391,6 +437,8 @@ class AsyncClient:
             budget = min(ATTEMPT_TIMEOUT_S, max(0.001, deadline - loop.time()))
             try:
                 raw = await self._connection(address).call({"op": "map"}, budget)
+            except FATAL_ERRORS:
+                raise
             except (RequestError, TimeoutError, OSError) as error:
                 last = error
                 if attempt % len(candidates) == 0:

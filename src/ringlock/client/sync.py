@@ -24,12 +24,16 @@ T = TypeVar("T")
 
 class Client:
     def __init__(self, cluster: str | Iterable[str] | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, secret: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
+        """The arguments of `AsyncClient` (secret and TLS default from the environment)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="ringlock-client")
         self._thread.start()
-        self._aio = self._run_sync(_make(cluster, timeout))
+        self._aio = self._run_sync(_make(cluster, timeout, {
+            "secret": secret, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}))
         self._closed = False
 
     def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -272,8 +276,9 @@ class Election:
             watch.close()
 
 
-async def _make(cluster: str | Iterable[str] | None, timeout: float) -> AsyncClient:
-    return AsyncClient(cluster, timeout=timeout)
+async def _make(cluster: str | Iterable[str] | None, timeout: float,
+                security: dict[str, str | None]) -> AsyncClient:
+    return AsyncClient(cluster, timeout=timeout, **security)
 
 
 class KeyValueMapping(MutableMapping[str, bytes]):

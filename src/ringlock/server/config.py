@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from ringlock.address import parse_address
 from ringlock.codec.frames import MAX_FRAME_BYTES
 from ringlock.errors import ConfigError
 from ringlock.sharding.keys import DEFAULT_SHARDS, MAX_SHARDS
+from ringlock.transport.auth import MAX_SECRET_BYTES
 
 DEFAULT_PORT = 7101
 DEFAULT_TICK_MS = 100
@@ -34,6 +36,41 @@ DEFAULT_COMPACT_EVERY = 4_096
 """A shard snapshots its state and cuts its log after this many applied entries."""
 MAX_SECRET_CHARS = 1024
 """A secret is sent in a header line: longer ones would not fit aiohttp's line limit."""
+
+
+SECRET_REQUIRED = ("a cluster secret is required when any address is not loopback; "
+                   "see `ringlock certs` / --secret-file")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or "localhost": reachable from this machine only."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: str | Path) -> str:
+    """The cluster secret from a file (one trailing newline dropped). A file rather than
+    a flag, so the secret is not in `ps` output or a shell's history."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_SECRET_BYTES + 2)
+    except OSError as error:
+        raise ConfigError(f"cannot read the secret file {path}: {error}") from error
+    if len(raw.rstrip(b"\r\n")) > MAX_SECRET_BYTES:
+        raise ConfigError(f"the secret file {path} holds more than "
+                          f"MAX_SECRET_BYTES={MAX_SECRET_BYTES} bytes")
+    try:
+        secret = raw.decode().rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"the secret file {path} is not UTF-8 text") from error
+    if not secret:
+        raise ConfigError(f"the secret file {path} is empty")
+    return secret
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -75,9 +112,18 @@ class NodeConfig:
     max_moves: int = DEFAULT_MAX_MOVES
     http_listen: str = ""
     """HOST:PORT of the HTTP API, dashboard and /metrics (docs/HTTP.md); empty: none."""
-    secret: str = ""
-    """The cluster secret; when set, HTTP requests must carry `Authorization: Bearer
-    <secret>` (all but /healthz). Never logged, never in `status`."""
+    secret: str = field(default="", repr=False)
+    """Peers must prove they know it to join, clients to read or write (transport/
+    auth.py). Required unless every address is loopback. Never logged nor shown."""
+    tls_cert: str = ""
+    """Paths of this node's certificate, its key and the cluster's CA (all or none):
+    TLS for the listener, the peer links and relays (see `ringlock certs`)."""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     def validate(self) -> NodeConfig:
         if self.node_id <= 0:
@@ -118,11 +164,30 @@ class NodeConfig:
                               "characters, without outer spaces (its value is not shown)")
         if self.max_value_bytes + self.max_key_bytes + 1024 > self.max_frame_bytes:
             raise ConfigError("max_frame_bytes must hold a largest key and value with room")
+        self._validate_security()
         return self
 
+    def _validate_security(self) -> None:
+        if len(self.secret.encode()) > MAX_SECRET_BYTES:
+            raise ConfigError(f"the cluster secret exceeds MAX_SECRET_BYTES={MAX_SECRET_BYTES}")
+        addresses = [self.listen, *self.peers.values(), *([self.join] if self.join else []),
+                     *([self.http_listen] if self.http_listen else [])]
+        if not self.secret and not all(is_loopback(parse_address(a)[0]) for a in addresses):
+            raise ConfigError(SECRET_REQUIRED)
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "tls_ca": self.tls_ca}
+        given = [name for name, path in files.items() if path]
+        if given and len(given) != len(files):
+            raise ConfigError(f"TLS needs tls_cert, tls_key and tls_ca together; "
+                              f"only {', '.join(given)} given")
+        for name, path in files.items():
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file {path}")
 
 
-_TOML_KEYS = {f.name for f in fields(NodeConfig)}
+
+_TOML_KEYS = {f.name for f in fields(NodeConfig)} - {"secret"} | {"secret_file"}
+"""A config file names a secret file rather than holding the secret: config files are
+shared and committed more often than secrets should be."""
 
 
 def load_toml(path: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -134,6 +199,9 @@ def load_toml(path: str | Path, base: dict[str, Any] | None = None) -> dict[str,
         raise ConfigError(f"cannot read config file {path}: {error}") from error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    if "secret" in raw:
+        raise ConfigError(f"config file {path}: put the secret in a file of its own and "
+                          "name it with secret_file")
     unknown = set(raw) - _TOML_KEYS
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {sorted(unknown)}")
@@ -143,6 +211,10 @@ def load_toml(path: str | Path, base: dict[str, Any] | None = None) -> dict[str,
             if not isinstance(value, dict):
                 raise ConfigError(f"config file {path}: peers must be a table id = address")
             value = parse_peers(",".join(f"{k}={v}" for k, v in value.items()))
+        if key == "secret_file":
+            if not isinstance(value, str):
+                raise ConfigError(f"config file {path}: secret_file must be a path")
+            key, value = "secret", read_secret_file(Path(path).parent / value)
         settings[key] = value
     return settings
 

@@ -3,6 +3,12 @@
 Answers are gathered and written once per loop turn, so a pipelining client costs one
 `send` per turn, not one per request. A malformed frame gets a typed error frame and the
 connection is closed: its byte stream can no longer be trusted to be in step.
+
+On a node with a cluster secret, a connection starts unauthenticated: it may only say
+`hello` and `auth` (transport/auth.py); anything else gets `Unauthorized` and changes
+nothing, and a wrong proof gets `Unauthorized` and the connection is closed. A peer's
+Raft stream is read only once its proof is checked. Without a secret every connection
+starts authenticated, and the request path is the same as before.
 """
 
 from __future__ import annotations
@@ -12,9 +18,18 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ringlock.codec.frames import FrameDecoder, FrameError, FrameTooLarge, encode_frame
-from ringlock.errors import BadRequest, NotLeader, RequestError, TooLarge, WrongShard
+from ringlock.errors import (
+    BadRequest,
+    NotLeader,
+    RequestError,
+    TooLarge,
+    Unauthorized,
+    WrongShard,
+)
 from ringlock.server.requests import encode_result, error_body
 from ringlock.server.watches import WATCH_OPS
+from ringlock.transport.auth import MISSING_SECRET, AcceptHandshake
+from ringlock.transport.tls import TLS_RECORD_HANDSHAKE, peer_certificate
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
@@ -31,6 +46,11 @@ class Connection:
         self.writer = writer
         self.decoder = FrameDecoder(max_frame_bytes=node.config.max_frame_bytes)
         self.peer: int | None = None
+        secret = node.config.secret
+        self.authenticated = not secret
+        self.handshake = AcceptHandshake(secret, node.config.cluster) if secret else None
+        self._claimed_peer: int | None = None
+        """A peer's node id from its hello, made `peer` once its proof is checked."""
         self.inflight = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -47,6 +67,9 @@ class Connection:
                 try:
                     bodies = self.decoder.feed(data)
                 except FrameError as error:
+                    if data[:1] == bytes([TLS_RECORD_HANDSHAKE]) and not error.frames:
+                        error = FrameError("a TLS client at this plain-text port "
+                                           "(the node has no TLS configured)")
                     # The valid frames before the bad one (same read) are answered first.
                     for body in error.frames:
                         if not self.closed:
@@ -88,8 +111,15 @@ class Connection:
         if type(request_id) is not int:
             self.send_error(0, BadRequest("a request needs an integer 'id'"))
             return
-        if body.get("op") == "hello":
+        op = body.get("op")
+        if op == "hello":
             self._hello(request_id, body)
+            return
+        if not self.authenticated:
+            if op == "auth":
+                self._auth(request_id, body)
+            else:
+                self.send_error(request_id, Unauthorized(MISSING_SECRET))
             return
         if body.get("op") in WATCH_OPS:  # streams, bounded on their own: server/watches.py
             self.node.watches.request(self, request_id, body)
@@ -108,19 +138,59 @@ class Connection:
         Raft traffic that must not be read as client requests; the peer reconnects
         (a new member is refused until this node's map names it)."""
         node = body.get("node")
-        refusal = None
-        if body.get("cluster") != self.node.config.cluster:
-            refusal = f"this node belongs to cluster {self.node.config.cluster!r}"
+        is_client = node is None and "nonce" in body  # a client proving the secret
+        refusal: RequestError | None = None
+        if is_client:
+            pass
+        elif body.get("cluster") != self.node.config.cluster:
+            refusal = BadRequest(f"this node belongs to cluster {self.node.config.cluster!r}")
         elif type(node) is not int or not self.node.is_peer(node):
-            refusal = f"node {node!r} is not a member in this node's map"
+            refusal = BadRequest(f"node {node!r} is not a member in this node's map")
+        elif self.node.config.tls and not peer_certificate(self.writer):
+            refusal = Unauthorized("a peer must present a certificate signed by the CA")
+        if refusal is None and self.handshake is not None:
+            try:
+                challenge = self.handshake.challenge(body)
+            except RequestError as error:
+                refusal = error
+            else:
+                self._claimed_peer = None if is_client else node
+                self._send({"id": request_id, "ok": challenge})
+                return
         if refusal is not None:
-            log.info("connection %s: hello refused: %s", self.name, refusal)
-            self.send_error(request_id, BadRequest(refusal))
-            self.flush()
-            self.closed = True
+            self._close_with(request_id, f"hello refused: {refusal}", refusal)
             return
+        if "nonce" in body:  # it has a secret, this node none: it will refuse us
+            self._send({"id": request_id, "ok": {"auth": False}})
+        if not is_client:
+            assert type(node) is int  # checked above
+            self._become_peer(node)
+
+    def _auth(self, request_id: int, body: dict[str, Any]) -> None:
+        """The proof answering this connection's challenge: right, the connection may do
+        anything; wrong (or before hello, or twice), it is closed."""
+        assert self.handshake is not None
+        try:
+            self.handshake.verify(body)
+        except Unauthorized as error:
+            self._close_with(request_id, f"authentication failed: {error}", error)
+            return
+        self.authenticated = True
+        if self._claimed_peer is not None:
+            self._become_peer(self._claimed_peer)  # a peer's link reads only refusals
+        else:
+            self._send({"id": request_id, "ok": True})
+
+    def _become_peer(self, node: int) -> None:
         self.peer = node
         self.decoder.max_frame_bytes = self.node.config.max_peer_frame_bytes
+
+    def _close_with(self, request_id: int, reason: str, error: RequestError) -> None:
+        level = logging.WARNING if isinstance(error, Unauthorized) else logging.INFO
+        log.log(level, "connection %s: %s; closing it", self.name, reason)
+        self.send_error(request_id, error)
+        self.flush()
+        self.closed = True
 
     def _replier(self, request_id: int) -> Any:
         def reply(result: Any, error: RequestError | None) -> None:

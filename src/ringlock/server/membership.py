@@ -55,7 +55,6 @@ from ringlock.sharding.rebalance import (
 )
 from ringlock.statemachine.kv import ShardStateMachine
 from ringlock.storage import GroupState
-from ringlock.transport.rpc import RpcConnection
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
@@ -193,9 +192,12 @@ class Membership:
         config = self.node.config
         body = {"op": "join", "node": config.node_id, "address": config.listen,
                 "cluster": config.cluster}
-        connection = RpcConnection(address)
+        connection = self.node.connect_to(address)
         try:
             for attempt in range(10):
+                if connection.broken:  # a broken connection only ever fails: open anew
+                    await connection.close()
+                    connection = self.node.connect_to(address)
                 try:
                     result = await connection.call(body, MEMBERSHIP_CALL_TIMEOUT_S)
                     break
@@ -205,7 +207,8 @@ class Membership:
             else:
                 raise ConfigError(f"could not join the cluster through {address}")
         except RequestError as error:
-            raise ConfigError(f"joining through {address} refused: {error}") from error
+            raise ConfigError(f"joining through {address} refused: "
+                              f"{type(error).__name__}: {error}") from error
         finally:
             await connection.close()
         log.info("node %d joined cluster %r through %s", config.node_id, config.cluster,

@@ -55,6 +55,7 @@ from ringlock.server.watches import WatchHub
 from ringlock.sharding.meta import META_GROUP, REMOVED
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
+from ringlock.transport import tls
 from ringlock.transport.peer import PeerLink
 from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.wire import decode_message, encode_message
@@ -131,6 +132,10 @@ class Node:
         """Watch streams (server/watches.py): fed after each replica applies entries."""
         self.http: HttpApi | None = None
         """The HTTP API (server/httpapi.py), when `config.http_listen` names an address."""
+        self.server_ssl = self.client_ssl = None
+        if config.tls:  # ConfigError here, before anything starts, if a file is bad
+            self.server_ssl = tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+            self.client_ssl = tls.client_context(config.tls_ca, config.tls_cert, config.tls_key)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -243,10 +248,24 @@ class Node:
                      self.id, SHUTDOWN_TRANSFER_S)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.server_ssl is not None:
+            # TLS is taken on here, not by the server, so that a failed handshake is
+            # logged, and a plain-text client is told why (transport/tls.py).
+            peer = writer.get_extra_info("peername")
+            name = f"{peer[0]}:{peer[1]}" if peer else "?"
+            if not await tls.accept_tls(writer, self.server_ssl, lambda why: log.warning(
+                    "connection %s: %s; closing it", name, why)):
+                writer.close()
+                return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
         try:
             await connection.serve()
+        except asyncio.CancelledError:
+            # The loop is ending (a TLS stream closes only once the other side answers
+            # its close): nobody awaits this task, and asyncio would log the cancel.
+            if not self._stopping:
+                raise
         finally:
             self.connection_closed(connection)
 
@@ -269,7 +288,8 @@ class Node:
         for peer, address in sorted(peers.items()):
             if peer != self.id and peer not in self.links:
                 link = PeerLink(self.id, peer, address, config.cluster,
-                                config.max_peer_frame_bytes)
+                                config.max_peer_frame_bytes, secret=config.secret,
+                                ssl=self.client_ssl)
                 link.start()
                 self.links[peer] = link
         for peer in [p for p in self.links if p not in peers]:
@@ -304,10 +324,14 @@ class Node:
         # No drive turn is half-way here (a turn appends and syncs without yielding).
         self.storage.sync()
 
+    def connect_to(self, address: str) -> RpcConnection:
+        """A connection to another node, with this node's secret and TLS."""
+        return RpcConnection(address, secret=self.config.secret or None, ssl=self.client_ssl)
+
     async def call_node(self, address: str, body: dict[str, Any], timeout: float) -> Any:
         connection = self._forward_connections.get(address)
         if connection is None or connection.broken:
-            connection = self._forward_connections[address] = RpcConnection(address)
+            connection = self._forward_connections[address] = self.connect_to(address)
         return await connection.call(body, timeout)
 
     def _tick(self) -> None:

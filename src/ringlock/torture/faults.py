@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ringlock.client.aio import secret_from_env
 from ringlock.devcluster import DevCluster
 from ringlock.storage import records
 from ringlock.torture.netns import Disk, NetLab
@@ -201,7 +202,8 @@ class TransportCuts:
         """Tell each node whose Raft traffic to drop; its answer, or the error."""
 
         async def tell(node_id: int, order: dict[str, list[int]]) -> Any:
-            connection = RpcConnection(self.cluster.nodes[node_id].address)
+            connection = RpcConnection(self.cluster.nodes[node_id].address,
+                                       secret=secret_from_env())
             try:
                 return await connection.call({"op": "fault", **order}, FAULT_CALL_TIMEOUT_S)
             except Exception as error:  # a node down or stopped: recorded, healed later

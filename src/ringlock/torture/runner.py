@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlock.checker import LockHold, Op
+from ringlock.client.aio import secret_from_env
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.server.faults import FAULTS_ENV
 from ringlock.sharding.keys import shard_of
@@ -352,7 +353,7 @@ def _converge(cluster: DevCluster) -> tuple[Check, str]:
 
 async def _digests(cluster: DevCluster) -> dict[int, dict[int, list[Any]]]:
     async def ask(node_id: int) -> dict[int, list[Any]] | None:
-        connection = RpcConnection(cluster.nodes[node_id].address)
+        connection = RpcConnection(cluster.nodes[node_id].address, secret=secret_from_env())
         try:
             answer = await connection.call({"op": "digest"}, 5.0)
             return {int(g): v for g, v in answer["groups"].items()}

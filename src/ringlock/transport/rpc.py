@@ -3,6 +3,11 @@
 Requests are written as they come and flushed once per loop turn; a reader task hands
 each answer to the future waiting on its id. When the connection breaks, every waiting
 call fails with `Unavailable`, which the client retries elsewhere.
+
+With a `secret`, a new connection first proves it (transport/auth.py): one round trip,
+then requests flow. A refused proof, or a node without TLS when we use it (or the
+reverse), fails every waiting call with `Unauthorized` or `TlsError`, which the client
+does not retry: the same settings would fail the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -20,17 +26,27 @@ from ringlock.errors import (
     Compacted,
     NotLeader,
     RequestError,
+    TlsError,
+    Unauthorized,
     Unavailable,
     WrongShard,
 )
+from ringlock.transport.auth import ConnectHandshake
+from ringlock.transport.tls import is_fatal
 
 CONNECT_TIMEOUT_S = 2.0
+"""Connecting, with the TLS handshake and the secret's proof, within this."""
 
 
 class RpcConnection:
-    def __init__(self, address: str, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, address: str, *, max_frame_bytes: int = MAX_FRAME_BYTES,
+                 secret: str | None = None, ssl: _ssl.SSLContext | None = None) -> None:
         self.address = address
         self.max_frame_bytes = max_frame_bytes
+        self._secret = secret
+        self._ssl = ssl
+        self._stream: asyncio.StreamWriter | None = None
+        """The open stream, from connect on; `_writer` is set once it may carry requests."""
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, RpcStream] = {}
@@ -41,6 +57,8 @@ class RpcConnection:
         self._flush_scheduled = False
         self._connecting: asyncio.Future[None] | None = None
         self.broken = False
+        self._broken_error: RequestError | None = None
+        """Why the node refused this connection, if it said (raised by later calls)."""
         self.frames_in = 0
         """Frames received: what tests count to show one release wakes one waiter."""
 
@@ -57,13 +75,43 @@ class RpcConnection:
     async def _open(self) -> None:
         host, port = parse_address(self.address)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
-                                                    CONNECT_TIMEOUT_S)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host, port, ssl=self._ssl, server_hostname=host if self._ssl else None),
+                CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as error:
             self.broken = True
+            if is_fatal(error):
+                raise TlsError(f"TLS with {self.address} failed: {error} (does the node "
+                               "use TLS, with a certificate from this CA?)") from error
             raise Unavailable(f"cannot connect to {self.address}: {error}") from error
-        self._writer = writer
+        self._stream = writer
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+        if self._secret:
+            await self._authenticate(writer, self._secret)
+        if self.broken:  # refused while connecting (a plain-text answer from a TLS port)
+            raise self._broken_error or Unavailable(f"connection to {self.address} broke")
+        self._writer = writer
+
+    async def _authenticate(self, writer: asyncio.StreamWriter, secret: str) -> None:
+        """Prove the secret; the proof goes out just before the first requests, so the
+        handshake costs one round trip (the node closes the connection on a wrong one)."""
+        handshake = ConnectHandshake(secret)
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        writer.write(encode_frame({**handshake.hello(), "id": request_id}))
+        try:
+            challenge = await asyncio.wait_for(future, CONNECT_TIMEOUT_S)
+            proof = handshake.answer(challenge, self.address)
+        except RequestError as error:
+            self._break(str(error), error)
+            raise
+        except TimeoutError as error:
+            self._break(f"{self.address}: no answer to the handshake")
+            raise Unavailable(f"{self.address}: no answer to the handshake") from error
+        finally:
+            self._waiting.pop(request_id, None)
+        writer.write(encode_frame({**proof, "id": 0}))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
@@ -91,7 +139,9 @@ class RpcConnection:
         future = self._waiting.pop(body.get("id", 0), None)
         if future is None:
             if body.get("id") == 0 and "err" in body:  # the node refused the stream
-                self._break(f"{self.address} refused the connection: {body.get('msg')}")
+                error = error_from(body)
+                self._break(f"{self.address} refused the connection: {body.get('msg')}",
+                            error if isinstance(error, Unauthorized | TlsError) else None)
             return
         if future.done():
             return
@@ -100,17 +150,22 @@ class RpcConnection:
         else:
             future.set_result(body.get("ok"))
 
-    def _break(self, reason: str) -> None:
+    def _break(self, reason: str, error: RequestError | None = None) -> None:
+        """Fail everything waiting: with `error` when the node said why (Unauthorized,
+        TlsError: not to be retried), else with Unavailable (retried elsewhere)."""
+        if not self.broken and error is not None:
+            self._broken_error = error
         self.broken = True
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
-                future.set_exception(Unavailable(reason))
+                future.set_exception(_copy(error) if error is not None
+                                     else Unavailable(reason))
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream._end(Unavailable(reason))
-        if self._writer is not None:
-            self._writer.close()
+            stream._end(_copy(error) if error is not None else Unavailable(reason))
+        if self._stream is not None:
+            self._stream.close()
 
     async def call(self, body: dict[str, Any], timeout: float) -> Any:
         """Send `body` (an `op` and its fields) and wait for its answer."""
@@ -162,6 +217,8 @@ class RpcConnection:
         if self._writer is None:
             await asyncio.wait_for(self.connect(), timeout)
         if self.broken or self._writer is None:
+            if self._broken_error is not None:
+                raise _copy(self._broken_error)
             raise Unavailable(f"connection to {self.address} is broken")
 
     def _enqueue(self, body: dict[str, Any]) -> None:
@@ -184,6 +241,12 @@ class RpcConnection:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
+
+
+def _copy(error: RequestError) -> RequestError:
+    """A fresh exception per waiter: one instance raised in many tasks would gather
+    every task's traceback."""
+    return type(error)(str(error))
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
