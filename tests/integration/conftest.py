@@ -20,12 +20,13 @@ TEST_SHARDS = 8
 
 def make_cluster(path: Path, *, nodes: int = 3, shards: int = TEST_SHARDS,
                  extra_args: tuple[str, ...] = (), http: bool = False,
-                 env: dict[str, str] | None = None) -> DevCluster:
-    """`http`: every node also serves the HTTP API, on ports of the same probe."""
+                 env: dict[str, str] | None = None, secret: str | None = None) -> DevCluster:
+    """`http`: every node also serves the HTTP API, on ports of the same probe.
+    `secret`: the cluster's secret (its own clients present it)."""
     base = free_base_port(2 * nodes if http else nodes)
     return DevCluster(path, nodes=nodes, base_port=base, shards=shards,
                       name=f"test-{path.name}", extra_args=extra_args, env=env,
-                      http_base_port=base + nodes if http else None)
+                      http_base_port=base + nodes if http else None, secret=secret)
 
 
 @pytest.fixture

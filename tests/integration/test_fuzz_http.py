@@ -138,7 +138,7 @@ NOT_HTTP = [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # a TL
 
 
 def test_fuzzed_http_requests_get_typed_errors_and_change_nothing(tmp_path: Path) -> None:
-    dev = make_cluster(tmp_path / "f", nodes=1, http=True, env={"RINGLOCK_SECRET": SECRET})
+    dev = make_cluster(tmp_path / "f", nodes=1, http=True, secret=SECRET)
     with running(dev):
         (address,) = dev.http_addresses
         for number in range(4):

@@ -129,7 +129,7 @@ def test_kv_through_any_node_agrees_with_the_client(tmp_path: Path) -> None:
 
 
 def test_a_secret_guards_every_endpoint_but_healthz(tmp_path: Path) -> None:
-    dev = make_cluster(tmp_path / "s", nodes=1, http=True, env={"RINGLOCK_SECRET": SECRET})
+    dev = make_cluster(tmp_path / "s", nodes=1, http=True, secret=SECRET)
     with running(dev):
         (address,) = dev.http_addresses
         right = {"Authorization": f"Bearer {SECRET}"}
