@@ -3,9 +3,17 @@ fault layer cannot be switched on outside its test setting."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from ringlock.checker import LockHold, Op
+from ringlock.errors import BadRequest
 from ringlock.server.faults import FaultLayer, faults_allowed
 from ringlock.storage import records
 from ringlock.torture.availability import Success, percentile, windows_by_kind
@@ -18,6 +26,8 @@ from ringlock.torture.checks import (
 )
 from ringlock.torture.faults import FAULT_KINDS, Fault, cut_pairs, pick_record, schedule
 from ringlock.torture.lockworker import fenced_key
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def test_a_lost_acknowledged_write_fails_no_ack_lost() -> None:
@@ -101,6 +111,51 @@ def test_a_one_way_cut_in_the_fault_layer_drops_only_what_the_node_sends() -> No
     assert not layer.blocks(2) and not layer.blocks(3)  # theirs still received
     layer.ops()["fault"]({"drop_peers": [], "drop_outbound": []}, lambda r, e: None)
     assert not layer.active and not layer.blocks_send(2)
+
+
+def test_a_slow_link_holds_messages_in_order_and_loses_its_share() -> None:
+    layer = FaultLayer(1, enabled=True)
+    layer.ops()["fault"]({"slow_peers": [2], "delay_ms": 100, "jitter_ms": 50,
+                          "loss_pct": 20}, lambda r, e: None)
+    assert layer.active and layer.hold(3, 0.0) == 0.0  # other peers: no delay
+    holds = [layer.hold(2, now=i * 0.001) for i in range(2000)]
+    kept = [(i * 0.001 + h) for i, h in enumerate(holds) if h is not None]
+    assert 0.15 < 1 - len(kept) / len(holds) < 0.25  # ~20% lost
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(kept))  # never reordered
+    assert min(h for h in holds if h is not None) >= 0.05 - 1e-9
+    layer.ops()["fault"]({}, lambda r, e: None)  # an empty order heals everything
+    assert not layer.active and layer.hold(2, 5.0) == 0.0
+
+
+def test_the_fault_layer_refuses_a_bad_slow_link_and_changes_nothing() -> None:
+    layer = FaultLayer(1, enabled=True)
+    for bad in ({"slow_peers": [2], "delay_ms": -1}, {"slow_peers": [2], "loss_pct": 101},
+                {"slow_peers": [2], "delay_ms": 9_000, "jitter_ms": 2_000},
+                {"slow_peers": [2], "delay_ms": "100"}, {"slow_peers": "2"}):
+        try:
+            layer.ops()["fault"](bad, lambda r, e: None)
+        except BadRequest:
+            pass
+        else:
+            raise AssertionError(f"{bad} was taken")
+        assert not layer.active and not layer.slow_peers
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                    reason="needs root and iproute2 to make a network namespace")
+def test_the_fault_layer_is_allowed_in_a_test_network_namespace() -> None:
+    name = f"rlt-unit-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        code = ("from ringlock.server.faults import faults_allowed as f;"
+                "print(f('10.231.0.11:7101', {'RINGLOCK_FAULTS': '1'}),"
+                " f('10.231.0.11:7101', {}))")
+        done = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PYTHONPATH": str(SRC)})
+        assert done.stdout.split() == ["True", "False"], done.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
 
 
 def test_cuts_partition_one_way_and_bridge() -> None:

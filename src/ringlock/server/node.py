@@ -111,7 +111,8 @@ class Node:
         self.current_origin: Connection | None = None
         """The connection whose request `dispatch` is handling (lock waits belong to it)."""
         self.membership = Membership(self)
-        # Torture hooks (server/faults.py): off unless RINGLOCK_FAULTS=1 on loopback.
+        # Torture hooks (server/faults.py): off unless RINGLOCK_FAULTS=1 on loopback (or in
+        # a test's network namespace).
         self.faults = FaultLayer(self.id, faults_allowed(self.config.listen))
         self._ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "get": self._op_get, "put": self._op_put, "delete": self._op_delete,
@@ -455,7 +456,20 @@ class Node:
             group = message.group
             self.snapshot_bytes_sent[group] = (self.snapshot_bytes_sent.get(group, 0)
                                                + len(message.snapshot.data))
-        link.queue(encode_message(message))
+        frame = encode_message(message)
+        if self.faults.active:  # a torture slow link (server/faults.py)
+            hold = self.faults.hold(message.to, time.monotonic())
+            if hold is None:
+                return
+            if hold > 0:
+                asyncio.get_running_loop().call_later(hold, self._send_late, link, frame)
+                return
+        link.queue(frame)
+
+    @staticmethod
+    def _send_late(link: PeerLink, frame: list[Any]) -> None:
+        link.queue(frame)
+        link.flush()
 
     def _snapshot_from_file(self, shard: int, stub: Snapshot) -> Snapshot:
         """Replicas keep only a snapshot's metadata in memory; its data is in its file."""

@@ -14,8 +14,10 @@ stops depends on who holds a lock at that instant: that part is not seeded.)
     (it hears the leader and cannot answer; as leader it cannot be heard).
   * bridge: two sides that cannot reach each other, both reaching one bridge node
     (Jepsen's "bridge" nemesis).
-  * slow_link: delay with jitter and loss on one node's link, or on every node's
-    (tc netem; netns mode only).
+  * slow_link: delay with jitter and loss on one node's link, or on every node's: tc
+    netem in netns mode where the kernel has it; else the nodes' transport fault layer
+    holds each Raft message for the delay (server/faults.py), with the loss made by
+    iptables in netns mode and by the fault layer on loopback.
   * full_disk: a ballast file fills the node's small tmpfs data directory, then is
     deleted (netns mode only: mounting needs root). The node must not acknowledge what
     it could not persist; it exits on a failed WAL write and is restarted after.
@@ -48,12 +50,13 @@ from ringlock.transport.rpc import RpcConnection
 
 FAULT_KINDS = ("kill", "pause", "partition", "oneway", "bridge", "slow_link", "full_disk",
                "corrupt_wal")
-NETNS_ONLY_KINDS = ("slow_link", "full_disk")
+NETNS_ONLY_KINDS = ("full_disk",)
 CUT_KINDS = ("partition", "oneway", "bridge")
 TRANSPORT_MECHANISM = ("transport fault layer: nodes drop Raft messages to (and from) the "
                        "other side (RINGLOCK_FAULTS=1, loopback only; no netns/iptables)")
 NETNS_MECHANISM = ("network namespaces: one per node on a bridge in its own namespace; "
-                   "cuts are iptables DROP rules, slow links tc netem")
+                   "cuts are iptables DROP rules, slow links tc netem (without netem: "
+                   "iptables loss and the transport fault layer's delay)")
 WARMUP_S = 2.0
 FAULT_CALL_TIMEOUT_S = 2.0
 REFUSE_TO_START_TIMEOUT_S = 30.0
@@ -174,34 +177,29 @@ class IptablesCuts:
         return {}
 
 
-class TransportCuts:
-    """Cuts through each node's transport fault layer (server/faults.py)."""
-
-    mechanism = TRANSPORT_MECHANISM
+class FaultLayerClient:
+    """Orders to the nodes' transport fault layers (server/faults.py): each order
+    replaces the node's whole fault state, so an empty order heals it."""
 
     def __init__(self, cluster: DevCluster) -> None:
         self.cluster = cluster
 
-    def cut(self, pairs: set[tuple[int, int]]) -> dict[str, Any]:
-        orders: dict[int, dict[str, list[int]]] = {}
-        for node in self.cluster.nodes:
-            peers = self.cluster.nodes
-            both = sorted(p for p in peers if (node, p) in pairs and (p, node) in pairs)
-            out = sorted(p for p in peers if (node, p) in pairs and p not in both)
-            orders[node] = {"drop_peers": both, "drop_outbound": out}
-        return {"fault_layer_answers": self._tell(orders)}
+    def slow(self, nodes: list[int], delay_ms: int, jitter_ms: int,
+             loss_pct: int) -> dict[str, Any]:
+        """The links of `nodes` slow both ways: theirs to every peer, every peer's to them."""
+        every = sorted(self.cluster.nodes)
+        orders = {n: {"slow_peers": [p for p in every if p != n and (n in nodes or p in nodes)],
+                      "delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss_pct": loss_pct}
+                  for n in every}
+        return {"fault_layer_answers": self.tell(orders)}
 
-    def heal(self) -> dict[str, Any]:
-        answers = self._tell({n: {"drop_peers": [], "drop_outbound": []}
-                              for n in self.cluster.nodes})
-        return {"raft_messages_dropped": {n: a.get("dropped") for n, a in answers.items()
-                                          if "error" not in a},
-                "heal_errors": {n: a["error"] for n, a in answers.items() if "error" in a}}
+    def clear(self) -> dict[int, Any]:
+        return self.tell({n: {} for n in self.cluster.nodes})
 
-    def _tell(self, orders: dict[int, dict[str, list[int]]]) -> dict[int, Any]:
-        """Tell each node whose Raft traffic to drop; its answer, or the error."""
+    def tell(self, orders: dict[int, dict[str, Any]]) -> dict[int, Any]:
+        """Give each node its order; its answer, or the error."""
 
-        async def tell(node_id: int, order: dict[str, list[int]]) -> Any:
+        async def tell(node_id: int, order: dict[str, Any]) -> Any:
             connection = RpcConnection(self.cluster.nodes[node_id].address,
                                        secret=secret_from_env())
             try:
@@ -219,6 +217,31 @@ class TransportCuts:
         return asyncio.run(tell_all())
 
 
+class TransportCuts:
+    """Cuts through each node's transport fault layer (server/faults.py)."""
+
+    mechanism = TRANSPORT_MECHANISM
+
+    def __init__(self, cluster: DevCluster) -> None:
+        self.cluster = cluster
+        self.layer = FaultLayerClient(cluster)
+
+    def cut(self, pairs: set[tuple[int, int]]) -> dict[str, Any]:
+        orders: dict[int, dict[str, Any]] = {}
+        for node in self.cluster.nodes:
+            peers = self.cluster.nodes
+            both = sorted(p for p in peers if (node, p) in pairs and (p, node) in pairs)
+            out = sorted(p for p in peers if (node, p) in pairs and p not in both)
+            orders[node] = {"drop_peers": both, "drop_outbound": out}
+        return {"fault_layer_answers": self.layer.tell(orders)}
+
+    def heal(self) -> dict[str, Any]:
+        answers = self.layer.clear()
+        return {"raft_messages_dropped": {n: a.get("dropped") for n, a in answers.items()
+                                          if "error" not in a},
+                "heal_errors": {n: a["error"] for n, a in answers.items() if "error" in a}}
+
+
 class Injector:
     """Applies and heals faults on a DevCluster and the lock worker processes."""
 
@@ -226,6 +249,7 @@ class Injector:
                  worker_outputs: list[Path], cuts: Cuts, lab: NetLab | None = None,
                  disk: Disk | None = None) -> None:
         self.cluster = cluster
+        self.layer = FaultLayerClient(cluster)
         self.workers = workers
         self.worker_outputs = worker_outputs
         self.cuts = cuts
@@ -243,12 +267,7 @@ class Injector:
         elif fault.kind in CUT_KINDS:
             fault.detail.update(self.cuts.cut(cut_pairs(fault, sorted(self.cluster.nodes))))
         elif fault.kind == "slow_link":
-            if self.lab is None:
-                raise ValueError("slow_link needs netns mode")
-            d = fault.detail
-            applied = [self.lab.degrade(n, d["delay_ms"], d["jitter_ms"], d["loss_pct"])
-                       for n in fault.nodes]
-            fault.detail["applied"] = applied[0]
+            self._slow(fault)
         elif fault.kind == "full_disk":
             if self.disk is None:
                 raise ValueError("full_disk needs netns mode (a tmpfs per node)")
@@ -263,8 +282,12 @@ class Injector:
         elif fault.kind == "pause":
             self.cluster.signal_node(node, signal.SIGCONT)
             self._resume_workers()
-        elif fault.kind in CUT_KINDS or fault.kind == "slow_link":
+        elif fault.kind in CUT_KINDS:
             fault.detail.update(self.cuts.heal())
+        elif fault.kind == "slow_link":
+            fault.detail.update(self.cuts.heal())
+            if self.lab is not None:  # the delay may have come from the fault layers
+                self.layer.clear()
         elif fault.kind == "full_disk":
             assert self.disk is not None
             process = self.cluster.nodes[node].process
@@ -294,9 +317,28 @@ class Injector:
         deadline = time.monotonic() + 30.0
         while True:
             answer = self.cuts.heal()
+            if self.lab is not None:
+                answer.setdefault("heal_errors", {}).update(
+                    {n: a["error"] for n, a in self.layer.clear().items() if "error" in a})
             if not answer.get("heal_errors") or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
+
+    def _slow(self, fault: Fault) -> None:
+        d = fault.detail
+        loss = d["loss_pct"]
+        if self.lab is not None:
+            applied = [self.lab.degrade(n, d["delay_ms"], d["jitter_ms"], loss)
+                       for n in fault.nodes]
+            d["applied"] = applied[0]
+            if self.lab.netem:
+                return
+            loss = 0  # iptables drops packets already; the fault layers add the delay
+        answers = self.layer.slow(fault.nodes, d["delay_ms"], d["jitter_ms"], loss)
+        d["applied"] = (d.get("applied", "") + "; " if d.get("applied") else "") + (
+            f"transport fault layer: Raft messages held {d['delay_ms']}+-{d['jitter_ms']} ms"
+            + (f", {loss}% lost" if loss else ""))
+        d.update(answers)
 
     def _pause(self, fault: Fault) -> None:
         self.cluster.signal_node(fault.nodes[0], signal.SIGSTOP)

@@ -195,7 +195,7 @@ class NetLab:
         narrowed = (f", tbf rate {SLOW_LINK_RATE} queueing up to {delay_ms}ms"
                     if done.returncode == 0 else "")
         return (f"no netem in this kernel: iptables statistic loss {loss_pct}% each way"
-                f"{narrowed}; no fixed delay")
+                f"{narrowed}")
 
     def heal_links(self) -> None:
         """Delete any root qdisc (netem or tbf; none there is fine) and every rule."""
