@@ -233,7 +233,7 @@ def _make_cluster(options: Options, out: Path, lab: NetLab | None,
     secret = secrets.token_hex(16)
     os.environ[SECRET_ENV] = secret  # the clients of this process and the lock workers
     cluster = DevCluster(out / "cluster", nodes=options.nodes, shards=SHARDS, name=name,
-                         env={SECRET_ENV: secret, FAULTS_ENV: "1"},  # slow links
+                         secret=secret, env={FAULTS_ENV: "1"},  # the fault layer: slow links
                          node_addresses={i: lab.address(i) for i in lab.node_ids},
                          launcher=lab.launcher, store_subdir="data",
                          extra_args=("--compact-every", str(COMPACT_EVERY)))
