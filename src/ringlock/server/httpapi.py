@@ -58,6 +58,7 @@ from ringlock.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ringlock.server.metrics import render_metrics
 from ringlock.server.requests import encode_result
 from ringlock.sharding.keys import shard_of
+from ringlock.transport.tls import TLS_HANDSHAKE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
@@ -311,8 +312,14 @@ class HttpApi:
         def connection() -> web.RequestHandler:
             return _ParserRefusals(self, server, loop=loop, access_log=None, **limits)
 
-        self._listener = await loop.create_server(connection, host, port, backlog=1024)
-        log.info("node %d: HTTP API on %s%s", self.node.id, self.node.config.http_listen,
+        # A node with TLS serves HTTPS with the same certificate: the bearer is the
+        # cluster secret itself, which must not cross the network in clear text when
+        # the operator asked for TLS (whoever reads it may join as a peer).
+        tls: dict[str, Any] = {} if self.node.server_ssl is None else {
+            "ssl": self.node.server_ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
+        self._listener = await loop.create_server(connection, host, port, backlog=1024, **tls)
+        log.info("node %d: HTTP API on %s%s%s", self.node.id, self.node.config.http_listen,
+                 " (HTTPS)" if self.node.server_ssl is not None else "",
                  " (bearer secret required)" if self.node.config.secret else "")
 
     async def stop(self) -> None:
