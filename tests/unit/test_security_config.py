@@ -50,6 +50,9 @@ def test_a_non_loopback_address_without_a_secret_is_refused(change: dict[str, ob
 def test_loopback_without_a_secret_is_allowed_and_the_secret_is_never_shown() -> None:
     assert build_config(base()).secret == ""
     assert "hunter2" not in repr(build_config(base(secret="hunter2")))
+    with pytest.raises(ConfigError, match="secret must be str") as refused:
+        build_config(base(secret=b"hunter2"))  # a secret of the wrong type: not echoed
+    assert "hunter2" not in str(refused.value)
 
 
 def test_tls_needs_all_three_files(tmp_path: Path) -> None:
