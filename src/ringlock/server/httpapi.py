@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from ringlock.address import parse_address
 from ringlock.errors import (
@@ -291,8 +292,9 @@ class HttpApi:
         self.app.router.add_get("/v1/status", self.status)
         self.app.router.add_get("/v1/kv", self.scan)
         self.app.router.add_get("/v1/kv/{key:.*}", self.get)
-        self.app.router.add_put("/v1/kv/{key:.*}", self.put)
-        self.app.router.add_delete("/v1/kv/{key:.*}", self.delete)
+        self.app.router.add_put("/v1/kv/{key:.*}", self.put, expect_handler=self._expect)
+        self.app.router.add_delete("/v1/kv/{key:.*}", self.delete,
+                                   expect_handler=self._expect)
 
     async def start(self) -> None:
         """Bind the listener. Its connections are `_ParserRefusals` handlers (aiohttp's
@@ -397,6 +399,15 @@ class HttpApi:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given,
                                                                  secret.encode("utf-8")):
             raise Unauthorized("wrong or malformed bearer secret")
+
+    async def _expect(self, request: web.Request) -> None:
+        """`Expect: 100-continue` is answered before any middleware runs: an
+        unauthorized client is not invited to send its body (the guard answers 401)."""
+        try:
+            self._authorize(request)
+        except Unauthorized:
+            return
+        await _default_expect_handler(request)
 
     # ------------------------------------------------------------------ dispatch
 
