@@ -12,6 +12,7 @@ secret are written with mode 0600, before any byte of them is written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -57,6 +58,11 @@ def make_certs(directory: str | Path, *, nodes: int = 3,
     out.mkdir(parents=True, exist_ok=True)
     if (out / "ca.pem").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a CA (ca.pem): not overwritten")
+    stems = ["ca", *(f"node-{node}" for node in range(1, nodes + 1)), "client"]
+    targets = [f"{stem}{suffix}" for stem in stems for suffix in (".pem", "-key.pem")]
+    present = [name for name in [*targets, "secret"] if (out / name).exists()]
+    if present and not overwrite:  # a cluster's secret or keys without its ca.pem
+        raise ConfigError(f"{out} already holds {', '.join(present[:4])}: not overwritten")
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ringlock private CA")])
@@ -128,7 +134,12 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
     """Written in full to a temporary file, then renamed: a key file is never readable
     by others, not even for an instant, and never half written."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    # A stale temporary file (or a link planted in a shared directory) is removed, not
+    # followed: the key is written only to a file made here, for us alone.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o600 if private else 0o644)
     try:
         os.fchmod(fd, 0o600 if private else 0o644)
         os.write(fd, data)

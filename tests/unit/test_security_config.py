@@ -50,6 +50,9 @@ def test_a_non_loopback_address_without_a_secret_is_refused(change: dict[str, ob
 def test_loopback_without_a_secret_is_allowed_and_the_secret_is_never_shown() -> None:
     assert build_config(base()).secret == ""
     assert "hunter2" not in repr(build_config(base(secret="hunter2")))
+    with pytest.raises(ConfigError, match="secret must be str") as refused:
+        build_config(base(secret=b"hunter2"))  # a secret of the wrong type: not echoed
+    assert "hunter2" not in str(refused.value)
 
 
 def test_tls_needs_all_three_files(tmp_path: Path) -> None:
@@ -116,3 +119,26 @@ def test_certs_are_private_and_load_into_tls_contexts(tmp_path: Path) -> None:
                    str(tmp_path / "client-key.pem"))
     again = CliRunner().invoke(cli, ["certs", str(tmp_path)])
     assert again.exit_code == 2 and "already holds a CA" in again.output
+
+
+def test_certs_never_replace_a_secret_or_key_left_without_its_ca(tmp_path: Path) -> None:
+    """A directory holding a cluster's secret (or a node key) but no ca.pem is not
+    silently given a new one: the running cluster would refuse its restarted nodes."""
+    (tmp_path / "secret").write_text("the-cluster-secret\n")
+    result = CliRunner().invoke(cli, ["certs", str(tmp_path)])
+    assert result.exit_code == 2 and "secret" in result.output
+    assert (tmp_path / "secret").read_text() == "the-cluster-secret\n"
+    assert not (tmp_path / "ca-key.pem").exists()
+    forced = CliRunner().invoke(cli, ["certs", str(tmp_path), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "secret").read_text() != "the-cluster-secret\n"
+
+
+def test_certs_do_not_follow_a_link_planted_at_a_temporary_name(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "tls", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.write_text("")
+    (out / "ca-key.pem.tmp").symlink_to(elsewhere)
+    assert CliRunner().invoke(cli, ["certs", str(out)]).exit_code == 0
+    assert elsewhere.read_text() == ""  # the CA key was not written through the link
+    assert stat.S_IMODE((out / "ca-key.pem").stat().st_mode) == 0o600

@@ -229,5 +229,6 @@ def build_config(settings: dict[str, Any]) -> NodeConfig:
         expected: Any = {"int": int, "str": str, "bool": bool,
                          "float": (int, float)}.get(str(f.type))
         if expected is not None and not isinstance(value, expected):
-            raise ConfigError(f"{f.name} must be {f.type}, got {value!r}")
+            shown = "a value not shown" if f.name == "secret" else repr(value)
+            raise ConfigError(f"{f.name} must be {f.type}, got {shown}")
     return replace(config).validate()

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringlock.server")
 READ_CHUNK = 256 * 1024
+AUTH_TIMEOUT_S = 10.0
+"""On a node with a secret, a connection that has not proved it by then is closed: an
+unauthenticated party must not hold a descriptor and buffers for ever (a client's
+handshake takes one round trip, its CONNECT_TIMEOUT_S is 2 s)."""
 
 
 class Connection:
@@ -59,6 +63,10 @@ class Connection:
         self.name = f"{peer[0]}:{peer[1]}" if peer else "?"
 
     async def serve(self) -> None:
+        deadline = None
+        if not self.authenticated:
+            deadline = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S,
+                                                             self._auth_expired)
         try:
             while not self.closed:
                 data = await self.reader.read(READ_CHUNK)
@@ -87,10 +95,20 @@ class Connection:
         except (ConnectionError, OSError):
             pass
         finally:
+            if deadline is not None:
+                deadline.cancel()
             self.node.watches.drop_connection(self)
             self.flush()
             self.closed = True
             self.writer.close()
+
+    def _auth_expired(self) -> None:
+        if self.authenticated or self.closed:
+            return
+        error = Unauthorized(f"the cluster secret was not proved within "
+                             f"AUTH_TIMEOUT_S={AUTH_TIMEOUT_S:g} s")
+        self._close_with(0, str(error), error)
+        self.writer.close()  # wakes serve's read
 
     def _refuse(self, error: RequestError) -> None:
         log.warning("connection %s: %s; closing it", self.name, error)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from ringlock.address import parse_address
 from ringlock.errors import (
@@ -58,6 +59,7 @@ from ringlock.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ringlock.server.metrics import render_metrics
 from ringlock.server.requests import encode_result
 from ringlock.sharding.keys import shard_of
+from ringlock.transport.tls import TLS_HANDSHAKE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
@@ -290,8 +292,9 @@ class HttpApi:
         self.app.router.add_get("/v1/status", self.status)
         self.app.router.add_get("/v1/kv", self.scan)
         self.app.router.add_get("/v1/kv/{key:.*}", self.get)
-        self.app.router.add_put("/v1/kv/{key:.*}", self.put)
-        self.app.router.add_delete("/v1/kv/{key:.*}", self.delete)
+        self.app.router.add_put("/v1/kv/{key:.*}", self.put, expect_handler=self._expect)
+        self.app.router.add_delete("/v1/kv/{key:.*}", self.delete,
+                                   expect_handler=self._expect)
 
     async def start(self) -> None:
         """Bind the listener. Its connections are `_ParserRefusals` handlers (aiohttp's
@@ -311,8 +314,14 @@ class HttpApi:
         def connection() -> web.RequestHandler:
             return _ParserRefusals(self, server, loop=loop, access_log=None, **limits)
 
-        self._listener = await loop.create_server(connection, host, port, backlog=1024)
-        log.info("node %d: HTTP API on %s%s", self.node.id, self.node.config.http_listen,
+        # A node with TLS serves HTTPS with the same certificate: the bearer is the
+        # cluster secret itself, which must not cross the network in clear text when
+        # the operator asked for TLS (whoever reads it may join as a peer).
+        tls: dict[str, Any] = {} if self.node.server_ssl is None else {
+            "ssl": self.node.server_ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
+        self._listener = await loop.create_server(connection, host, port, backlog=1024, **tls)
+        log.info("node %d: HTTP API on %s%s%s", self.node.id, self.node.config.http_listen,
+                 " (HTTPS)" if self.node.server_ssl is not None else "",
                  " (bearer secret required)" if self.node.config.secret else "")
 
     async def stop(self) -> None:
@@ -390,6 +399,15 @@ class HttpApi:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given,
                                                                  secret.encode("utf-8")):
             raise Unauthorized("wrong or malformed bearer secret")
+
+    async def _expect(self, request: web.Request) -> None:
+        """`Expect: 100-continue` is answered before any middleware runs: an
+        unauthorized client is not invited to send its body (the guard answers 401)."""
+        try:
+            self._authorize(request)
+        except Unauthorized:
+            return
+        await _default_expect_handler(request)
 
     # ------------------------------------------------------------------ dispatch
 
