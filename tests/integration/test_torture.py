@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,30 @@ def test_a_short_torture_of_every_fault_kind_passes(tmp_path: Path) -> None:
     assert slow and all(f["applied"].startswith("tc netem") or any(
         a.get("slow_peers") for a in f["fault_layer_answers"].values()) for f in slow), slow
     assert not [ns for ns in set(_namespaces()) - before if ns.startswith("rlt-")]
+
+
+def _clean_up_after(runner: subprocess.Popen[bytes], before: set[str], out: Path) -> list[str]:
+    """What a runner that did not tear down left (it was killed, or failed to): its nodes
+    (by the PIDs they wrote), its namespaces, its mounts. Removed, and named, so that the
+    test fails on a leak without leaving it to the next run on this machine."""
+    leaked = []
+    for pid_file in out.glob("cluster/node-*/pid"):
+        pid = int(pid_file.read_text())
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split()[2] != "Z" and "ringlock" in Path(
+                f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            leaked.append(f"node pid {pid}")
+            os.kill(pid, signal.SIGKILL)
+    for name in sorted(set(_namespaces()) - before):
+        if name.startswith("rlt-"):
+            leaked.append(f"namespace {name}")
+            subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount_point = line.split()[1]
+        if mount_point.startswith(str(out)):
+            leaked.append(f"mount {mount_point}")
+            subprocess.run(["umount", mount_point], check=False, timeout=10)
+    return leaked
 
 
 def _namespaces() -> list[str]:
@@ -119,10 +146,6 @@ def test_without_the_env_var_there_is_no_fault_op_but_digests_agree(
 
 def test_ctrl_c_in_netns_mode_stops_every_node_and_deletes_every_namespace(
         tmp_path: Path) -> None:
-    import os
-    import signal
-    import sys
-
     usable, why = netns_usable()
     if not usable:
         pytest.skip(f"network namespaces unavailable: {why}")
@@ -148,9 +171,15 @@ def test_ctrl_c_in_netns_mode_stops_every_node_and_deletes_every_namespace(
         runner.send_signal(signal.SIGINT)
         runner.wait(timeout=60)
     finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait(10)
+        if runner.poll() is None:  # a failed assertion above: still stop it cleanly
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait(10)
+        leaked = _clean_up_after(runner, before, out)
+    assert not leaked, leaked
     assert not made & set(_namespaces())
     assert all(not Path(f"/proc/{pid}").exists() or
                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z" for pid in pids)
