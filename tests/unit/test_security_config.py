@@ -142,3 +142,17 @@ def test_certs_do_not_follow_a_link_planted_at_a_temporary_name(tmp_path: Path) 
     assert CliRunner().invoke(cli, ["certs", str(out)]).exit_code == 0
     assert elsewhere.read_text() == ""  # the CA key was not written through the link
     assert stat.S_IMODE((out / "ca-key.pem").stat().st_mode) == 0o600
+
+
+def test_plain_http_off_loopback_with_a_secret_is_warned_about() -> None:
+    """The HTTP bearer is the cluster secret: plain HTTP off loopback shows it to the
+    network, so the node says so at start (and only then)."""
+    from ringlock.server.httpapi import secret_in_clear
+
+    exposed = build_config(base(secret="s3cret", http_listen="0.0.0.0:8101"))
+    warning = secret_in_clear(exposed)
+    assert warning is not None and "0.0.0.0:8101" in warning and "s3cret" not in warning
+    assert secret_in_clear(build_config(base(secret="s3cret",
+                                             http_listen="127.0.0.1:8101"))) is None
+    assert secret_in_clear(build_config(base(http_listen="127.0.0.1:8101"))) is None
+    assert secret_in_clear(build_config(base(secret="s3cret"))) is None  # no HTTP API

@@ -54,7 +54,7 @@ from ringlock.errors import (
     Unavailable,
     WrongShard,
 )
-from ringlock.server.config import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from ringlock.server.config import MAX_KEY_BYTES, MAX_VALUE_BYTES, NodeConfig, is_loopback
 from ringlock.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ringlock.server.metrics import render_metrics
 from ringlock.server.requests import encode_result
@@ -270,6 +270,20 @@ def kv_json(raw: Any, encoding: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the API
 
 
+def secret_in_clear(config: NodeConfig) -> str | None:
+    """Why an operator should hear about it: HTTP clients send the cluster secret itself
+    as their bearer, so plain HTTP on a non-loopback address shows it to the network,
+    and whoever reads it may join as a peer. None when that is not the case."""
+    if not (config.http_listen and config.secret) or config.tls:
+        return None
+    if is_loopback(parse_address(config.http_listen)[0]):
+        return None
+    return (f"the HTTP API on {config.http_listen} is plain HTTP on a non-loopback "
+            "address: every client's bearer (the cluster secret) crosses the network in "
+            "clear; give the node TLS (--tls-cert/--tls-key/--tls-ca) or serve HTTP on "
+            "loopback")
+
+
 class HttpApi:
     """The HTTP listener of one node; `start` binds it, `stop` closes it."""
 
@@ -323,6 +337,9 @@ class HttpApi:
         log.info("node %d: HTTP API on %s%s%s", self.node.id, self.node.config.http_listen,
                  " (HTTPS)" if self.node.server_ssl is not None else "",
                  " (bearer secret required)" if self.node.config.secret else "")
+        warning = secret_in_clear(self.node.config)
+        if warning:
+            log.warning("node %d: %s", self.node.id, warning)
 
     async def stop(self) -> None:
         if self._listener is not None:
