@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -13,6 +15,7 @@ from ringlock.codec.frames import FrameDecoder, encode_frame
 from ringlock.devcluster import DevCluster
 from ringlock.server.config import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from ringlock.sharding.keys import shard_of
+from tests.integration.conftest import make_cluster, running
 
 
 class Raw:
@@ -145,3 +148,48 @@ def test_raft_frames_from_a_client_connection_are_refused(cluster: DevCluster) -
     assert answer["err"] == "BadRequest"
     raw.close()
     assert_still_serving(cluster)
+
+
+def test_connections_past_max_connections_get_unavailable_and_the_node_keeps_serving(
+        tmp_path: Path) -> None:
+    """A flood of connections cannot take every descriptor: one past `max_connections`
+    is told `Unavailable` (retryable: try another node) and closed; once they go, new
+    ones are served again."""
+    limit = 6
+    dev = make_cluster(tmp_path / "c", nodes=1, extra_args=("--max-connections", str(limit)))
+    with running(dev):
+        address = dev.addresses[0]
+        held: list[Raw] = []
+        refused: dict[str, Any] | None = None
+        try:
+            for _ in range(limit + 2):  # bounded: the node's own clients hold a few
+                raw = Raw(address)
+                raw.sock.settimeout(0.5)
+                try:
+                    answer = raw.answer()  # a served connection says nothing first
+                except TimeoutError:
+                    held.append(raw)
+                    continue
+                refused = answer
+                assert raw.closed_by_peer()
+                raw.close()
+                break
+            else:
+                raise AssertionError(f"{len(held)} connections open and none refused")
+        finally:
+            for raw in held:
+                raw.close()
+        assert refused is not None and refused["err"] == "Unavailable", refused
+        assert "max_connections" in refused["msg"]
+        deadline = time.monotonic() + 20
+        while True:  # the node sees the held sockets close (bounded)
+            try:
+                assert_still_serving(dev)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with dev.client(timeout=20) as client:
+            counters = client.status()[0]["counters"]
+        assert counters["connections_refused"] >= 1

@@ -48,6 +48,9 @@ def setup_logging(node: int, level: str) -> None:
                    "(default 60).")
 @click.option("--max-moves", type=click.IntRange(1, 64),
               help="Shard replicas moving at once (default 2).")
+@click.option("--max-connections", type=click.IntRange(1, 1_000_000),
+              help="Open connections accepted at once; one more is told Unavailable "
+                   "(default 10000).")
 @click.option("--http", "http_listen", metavar="HOST:PORT",
               help="Serve the HTTP API and /metrics here (docs/HTTP.md); default: none.")
 @click.option("--no-fsync", is_flag=True, default=None,
@@ -65,7 +68,8 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
           config_file: str | None, shards: int | None, cluster_name: str | None,
           tick_ms: int | None, election_ticks: int | None, compact_every: int | None,
           join: str | None, replicas: int | None, dead_after_s: float | None,
-          max_moves: int | None, http_listen: str | None, no_fsync: bool | None,
+          max_moves: int | None, max_connections: int | None, http_listen: str | None,
+          no_fsync: bool | None,
           secret_file: str | None, tls_cert: str | None, tls_key: str | None,
           tls_ca: str | None,
           log_level: str) -> None:
@@ -76,6 +80,7 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                  "cluster": cluster_name, "tick_ms": tick_ms, "election_ticks": election_ticks,
                  "compact_every": compact_every, "join": join, "replicas": replicas,
                  "dead_after_s": dead_after_s, "max_moves": max_moves,
+                 "max_connections": max_connections,
                  "peers": parse_peers(peers) if peers else None, "http_listen": http_listen,
                  "fsync": False if no_fsync else None,
                  "secret": read_secret_file(secret_file) if secret_file else None,

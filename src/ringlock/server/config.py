@@ -25,6 +25,10 @@ MAX_KEY_BYTES = 4 * 1024
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_INFLIGHT_PER_CONNECTION = 4096
 """Requests one client connection may have unanswered; more get `TooLarge`."""
+MAX_CONNECTIONS = 10_000
+"""Open connections a node accepts (clients, peers, relays, TLS handshakes included);
+one more is told `Unavailable` and closed. The node raises its open-file limit to fit
+at start, as Redis does for maxclients, and says so when it cannot."""
 MAX_PEER_FRAME_BYTES = 64 * 1024 * 1024
 """Peers send snapshots of whole shards; a client never gets more than MAX_FRAME_BYTES."""
 DEFAULT_DEAD_AFTER_S = 60.0
@@ -106,6 +110,7 @@ class NodeConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_peer_frame_bytes: int = MAX_PEER_FRAME_BYTES
     max_inflight_per_connection: int = MAX_INFLIGHT_PER_CONNECTION
+    max_connections: int = MAX_CONNECTIONS
     join: str = ""
     """host:port of any member: join that cluster instead of founding one (first start)."""
     dead_after_s: float = DEFAULT_DEAD_AFTER_S
@@ -146,7 +151,7 @@ class NodeConfig:
         if self.election_ticks <= self.heartbeat_ticks or self.heartbeat_ticks < 1:
             raise ConfigError("election_ticks must exceed heartbeat_ticks, which must be >= 1")
         for name in ("compact_every", "max_key_bytes", "max_value_bytes", "max_frame_bytes",
-                     "max_inflight_per_connection"):
+                     "max_inflight_per_connection", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 1.0 <= self.dead_after_s <= 86_400:

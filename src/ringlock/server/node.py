@@ -25,13 +25,14 @@ import gc
 import logging
 import os
 import random
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ringlock.address import parse_address
-from ringlock.codec.frames import FrameError
+from ringlock.codec.frames import FrameError, encode_frame
 from ringlock.errors import (
     BadRequest,
     ConfigError,
@@ -66,6 +67,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringlock.server")
 
 GC_THRESHOLDS = (50_000, 20, 20)
+FILES_BESIDE_CONNECTIONS = 256
+"""Open files a node needs besides its connections: WAL segments, snapshot files, its
+log, its outgoing peer links and relays."""
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
@@ -91,6 +95,9 @@ class Node:
         """Every Raft group replica here by group id: shards, and the meta group's."""
         self.links: dict[int, PeerLink] = {}
         self.connections: set[Connection] = set()
+        self._open_connections = 0
+        """Accepted sockets not yet closed, TLS handshakes included (max_connections)."""
+        self._refusal_logged_at = -60.0
         self.answers_waiting: set[Connection] = set()
         """Connections with answers gathered but not yet written."""
         self._dirty: set[int] = set()
@@ -103,7 +110,7 @@ class Node:
         self.started_at = time.monotonic()
         self.counters = {"raft_in": 0, "raft_dropped": 0, "syncs": 0, "requests": 0,
                          "snapshots_sent": 0, "snapshots_installed": 0, "forwarded": 0,
-                         "meta_relayed": 0, "leader_transfers": 0}
+                         "meta_relayed": 0, "leader_transfers": 0, "connections_refused": 0}
         self._ticks = 0
         self.snapshot_bytes_sent: dict[int, int] = {}
         """group -> bytes of snapshots this node sent its peers (what moving it cost)."""
@@ -144,6 +151,12 @@ class Node:
         config = self.config
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        files = raise_open_file_limit(config.max_connections + FILES_BESIDE_CONNECTIONS)
+        if files < config.max_connections + FILES_BESIDE_CONNECTIONS:
+            log.warning("node %d: the open-file limit is %d, below max_connections (%d) + %d: "
+                        "connections past it fail to be accepted; raise `ulimit -n`",
+                        config.node_id, files, config.max_connections,
+                        FILES_BESIDE_CONNECTIONS)
         self.storage = NodeStorage(config.data_dir, fsync=config.fsync)
         if await self.membership.prepare():
             # Founding wrote each group's first snapshot: read it back as a restart would.
@@ -249,6 +262,33 @@ class Node:
                      self.id, SHUTDOWN_TRANSFER_S)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open_connections >= self.config.max_connections:
+            self._refuse_connection(writer)
+            return
+        self._open_connections += 1
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._open_connections -= 1
+
+    def _refuse_connection(self, writer: asyncio.StreamWriter) -> None:
+        """One connection over `max_connections`: told why (in plain text; a TLS client
+        sees a failed handshake instead), closed, and counted; logged once a minute."""
+        self.counters["connections_refused"] += 1
+        if self.server_ssl is None:
+            refusal = Unavailable(f"node {self.id} has {self._open_connections} connections "
+                                  f"open, its max_connections; try another node")
+            writer.write(encode_frame(rq.error_body(0, refusal)))
+        writer.close()
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= 60.0:
+            self._refusal_logged_at = now
+            log.warning("node %d: %d connections open (max_connections): refusing new ones "
+                        "(%d refused so far)", self.id, self._open_connections,
+                        self.counters["connections_refused"])
+
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
         if self.server_ssl is not None:
             # TLS is taken on here, not by the server, so that a failed handshake is
             # logged, and a plain-text client is told why (transport/tls.py).
@@ -729,12 +769,27 @@ class Node:
             "map_version": self.membership.map.version,
             "lock_waits_open": self.locks.open_count,
             "lock_grants_pushed": self.locks.pushed,
+            "connections_open": self._open_connections,
             **self.membership.status(),
         }, None)
 
     def _op_digest(self, body: dict[str, Any], reply: Reply) -> None:
         """Every replica's applied index and state hash (server/faults.py, torture)."""
         reply({"node": self.id, "groups": digest_replicas(self.replicas)}, None)
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """The soft open-file limit raised towards `wanted` (never above the hard limit, never
+    lowered); what it is now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
 
 
 def _ignore(result: Any, error: RequestError | None) -> None:
