@@ -43,8 +43,12 @@ def running(dev: DevCluster) -> Iterator[DevCluster]:
         yield dev
     finally:
         dev.stop()
-        for node_id, node in dev.nodes.items():
-            log = node.data_dir / "node.log"
-            if log.exists():
-                tail = log.read_text(errors="replace").splitlines()[-15:]
-                print(f"--- node {node_id} log tail ---", *tail, sep="\n")
+        print_log_tails(dev)
+
+
+def print_log_tails(dev: DevCluster, lines: int = 15) -> None:
+    """Each node's last log lines: pytest shows them when the test failed."""
+    for node_id, node in dev.nodes.items():
+        if node.log_path.exists():
+            tail = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- node {node_id} log tail ---", *tail, sep="\n")

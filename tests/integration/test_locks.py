@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -260,18 +261,28 @@ def test_an_election_has_one_leader_and_the_next_candidate_follows(
     asyncio.run(run())
 
 
+async def _held_and_raw_acquire(cluster: DevCluster, holder: AsyncClient, other: AsyncClient,
+                                name: bytes, waiter: int) -> tuple[Any, RpcConnection,
+                                                                  dict[str, Any]]:
+    """`holder` holds lock `name`; a bare connection to its shard's leader and the
+    `lock_acquire` body a waiter of `other`'s session would send: requests no client
+    sends on its own (a waiter that vanishes, a wait re-attached by hand)."""
+    held = holder.lock(name.decode(), ttl=30)
+    assert await held.acquire()
+    shard = shard_of(name, cluster.shards)
+    session = await other.sessions.get(shard, 30_000, 10)
+    raw = RpcConnection(cluster.nodes[cluster.group_leaders()[shard]].address)
+    body = {"op": "lock_acquire", "shard": shard, "name": name, "lease": session.lease.id,
+            "waiter": waiter, "wait": True}
+    return held, raw, body
+
+
 def test_a_waiter_whose_connection_closes_leaves_the_queue(cluster: DevCluster) -> None:
     async def run() -> None:
         async with AsyncClient(cluster.addresses) as holder, \
                 AsyncClient(cluster.addresses) as other:
-            held = holder.lock("door", ttl=30)
-            assert await held.acquire()
-            shard = shard_of(b"door", cluster.shards)
-            session = await other.sessions.get(shard, 30_000, 10)
-            leader = cluster.nodes[cluster.group_leaders()[shard]].address
-            raw = RpcConnection(leader)  # a waiter that just goes away: no cancel sent
-            body = {"op": "lock_acquire", "shard": shard, "name": b"door",
-                    "lease": session.lease.id, "waiter": 77, "wait": True}
+            # a waiter that just goes away: no cancel sent
+            held, raw, body = await _held_and_raw_acquire(cluster, holder, other, b"door", 77)
             waiting = asyncio.ensure_future(raw.call(body, 30))
             await _until_queued(holder, b"door", 1)
             await raw.close()
@@ -382,16 +393,10 @@ def test_lock_wait_re_attaches_by_a_read_and_answers_at_the_grant(cluster: DevCl
     async def run() -> None:
         async with AsyncClient(cluster.addresses) as holder, \
                 AsyncClient(cluster.addresses) as other:
-            held = holder.lock("gate", ttl=30)
-            assert await held.acquire()
-            shard = shard_of(b"gate", cluster.shards)
-            session = await other.sessions.get(shard, 30_000, 10)
-            raw = RpcConnection(cluster.nodes[cluster.group_leaders()[shard]].address)
-            acquire = {"op": "lock_acquire", "shard": shard, "name": b"gate",
-                       "lease": session.lease.id, "waiter": 5, "wait": True}
+            held, raw, acquire = await _held_and_raw_acquire(cluster, holder, other, b"gate", 5)
             first = asyncio.ensure_future(raw.call(acquire, 30))
             await _until_queued(holder, b"gate", 1)
-            wait = {"op": "lock_wait", "shard": shard, "name": b"gate", "waiter": 5}
+            wait = {"op": "lock_wait", "shard": acquire["shard"], "name": b"gate", "waiter": 5}
             again = asyncio.ensure_future(raw.call(wait, 30))
             with pytest.raises(LockWaitAborted):  # a waiter that is not queued
                 await raw.call({**wait, "waiter": 6}, 30)

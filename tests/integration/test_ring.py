@@ -21,6 +21,7 @@ from ringlock.checker import check_kv_history
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.sharding.meta import META_GROUP
 from ringlock.transport.rpc import RpcConnection
+from tests.integration.conftest import print_log_tails
 from tests.integration.workload import Workload, read_all
 
 SHARDS = 32
@@ -65,11 +66,7 @@ def tmp_cluster(tmp_path: Path) -> Iterator[Callable[..., DevCluster]]:
     yield factory
     for cluster in made:
         cluster.stop()
-        for node_id, node in cluster.nodes.items():
-            log = node.data_dir / "node.log"
-            if log.exists():
-                tail = log.read_text(errors="replace").splitlines()[-12:]
-                print(f"--- node {node_id} log tail ---", *tail, sep="\n")
+        print_log_tails(cluster, 12)
 
 
 def shard_map(cluster: DevCluster) -> Any:

@@ -21,6 +21,7 @@ from ringlock.errors import TlsError, Unauthorized
 from ringlock.sharding.keys import shard_of
 from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.tls import client_context
+from tests.integration.conftest import running
 
 SECRET = "the-right-secret"
 DEADLINE_S = 20.0
@@ -32,21 +33,14 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     make_certs(root / "tls", nodes=4)  # node 4: the one that tries to join
     dev = DevCluster(root / "cluster", nodes=3, base_port=free_base_port(4), shards=4,
                      name="secure", secret=SECRET, tls_dir=root / "tls")
-    try:
-        dev.start()
-        dev.client(timeout=5).put("k", "v0")
+    with running(dev):
+        with dev.client(timeout=5) as client:
+            client.put("k", "v0")
         yield dev
-    finally:
-        dev.stop()
-        for node_id, node in dev.nodes.items():
-            log = node.data_dir / "node.log"
-            if log.exists():
-                tail = log.read_text(errors="replace").splitlines()[-10:]
-                print(f"--- node {node_id} log tail ---", *tail, sep="\n")
 
 
 def log_of(dev: DevCluster, node_id: int) -> str:
-    return (dev.nodes[node_id].data_dir / "node.log").read_text(errors="replace")
+    return dev.nodes[node_id].log_path.read_text(errors="replace")
 
 
 def test_a_client_without_the_secret_or_with_a_wrong_one_changes_nothing(
