@@ -95,7 +95,7 @@ def decode_message(raw: Any) -> Message:
         raise FrameError("raft message fields reject and transfer must be booleans")
     return Message(
         _TYPES[kind], to, frm, term, group, index, log_term,
-        _entries(entries) if entries or type(entries) is not list else (), commit, reject,
-        reject_hint, context,
+        () if type(entries) is list and not entries else _entries(entries), commit,
+        reject, reject_hint, context,
         None if snapshot is None else _snapshot(snapshot), transfer,
     )
