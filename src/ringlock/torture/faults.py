@@ -198,23 +198,30 @@ class FaultLayerClient:
 
     def tell(self, orders: dict[int, dict[str, Any]]) -> dict[int, Any]:
         """Give each node its order; its answer, or the error."""
+        return ask_nodes(self.cluster, {n: {"op": "fault", **order}
+                                        for n, order in orders.items()}, FAULT_CALL_TIMEOUT_S)
 
-        async def tell(node_id: int, order: dict[str, Any]) -> Any:
-            connection = RpcConnection(self.cluster.nodes[node_id].address,
-                                       secret=secret_from_env())
-            try:
-                return await connection.call({"op": "fault", **order}, FAULT_CALL_TIMEOUT_S)
-            except Exception as error:  # a node down or stopped: recorded, healed later
-                return {"error": repr(error)}
-            finally:
-                await connection.close()
 
-        async def tell_all() -> dict[int, Any]:
-            ids = sorted(orders)
-            answers = await asyncio.gather(*[tell(n, orders[n]) for n in ids])
-            return dict(zip(ids, answers, strict=True))
+def ask_nodes(cluster: DevCluster, bodies: dict[int, dict[str, Any]],
+              timeout: float) -> dict[int, Any]:
+    """Send each node its request, all at once; per node its answer, or {"error": ...}
+    (a node down or stopped: recorded, for the caller to heal or ask again)."""
 
-        return asyncio.run(tell_all())
+    async def ask(node_id: int, body: dict[str, Any]) -> Any:
+        connection = RpcConnection(cluster.nodes[node_id].address, secret=secret_from_env())
+        try:
+            return await connection.call(body, timeout)
+        except Exception as error:
+            return {"error": repr(error)}
+        finally:
+            await connection.close()
+
+    async def ask_all() -> dict[int, Any]:
+        ids = sorted(bodies)
+        answers = await asyncio.gather(*[ask(n, bodies[n]) for n in ids])
+        return dict(zip(ids, answers, strict=True))
+
+    return asyncio.run(ask_all())
 
 
 class TransportCuts:
