@@ -306,12 +306,12 @@ class Injector:
                                                       "No space left")
                 self.cluster.start_node(node)
         elif fault.kind == "corrupt_wal":
-            self._restore(fault)
+            self._restore(node)
 
     def heal_all(self) -> None:
         """Whatever may still be broken: every node running, resumed and fully connected."""
         for node_id in list(self._corrupted):
-            self._restore(None, node_id)
+            self._restore(node_id)
         if self.disk is not None:
             for node in self.cluster.nodes.values():
                 self.disk.free(node.store_dir)
@@ -399,10 +399,8 @@ class Injector:
         if code is None:
             self.cluster.kill(node_id)  # it started on a corrupt log: stop it, flagged
 
-    def _restore(self, fault: Fault | None, node_id: int | None = None) -> None:
+    def _restore(self, node_id: int) -> None:
         """Put the original byte back (the operator's backup) and start the node."""
-        node_id = fault.nodes[0] if fault is not None else node_id
-        assert node_id is not None
         saved = self._corrupted.pop(node_id, None)
         if saved is not None:
             if self.cluster.nodes[node_id].running:
