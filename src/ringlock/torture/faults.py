@@ -198,23 +198,30 @@ class FaultLayerClient:
 
     def tell(self, orders: dict[int, dict[str, Any]]) -> dict[int, Any]:
         """Give each node its order; its answer, or the error."""
+        return ask_nodes(self.cluster, {n: {"op": "fault", **order}
+                                        for n, order in orders.items()}, FAULT_CALL_TIMEOUT_S)
 
-        async def tell(node_id: int, order: dict[str, Any]) -> Any:
-            connection = RpcConnection(self.cluster.nodes[node_id].address,
-                                       secret=secret_from_env())
-            try:
-                return await connection.call({"op": "fault", **order}, FAULT_CALL_TIMEOUT_S)
-            except Exception as error:  # a node down or stopped: recorded, healed later
-                return {"error": repr(error)}
-            finally:
-                await connection.close()
 
-        async def tell_all() -> dict[int, Any]:
-            ids = sorted(orders)
-            answers = await asyncio.gather(*[tell(n, orders[n]) for n in ids])
-            return dict(zip(ids, answers, strict=True))
+def ask_nodes(cluster: DevCluster, bodies: dict[int, dict[str, Any]],
+              timeout: float) -> dict[int, Any]:
+    """Send each node its request, all at once; per node its answer, or {"error": ...}
+    (a node down or stopped: recorded, for the caller to heal or ask again)."""
 
-        return asyncio.run(tell_all())
+    async def ask(node_id: int, body: dict[str, Any]) -> Any:
+        connection = RpcConnection(cluster.nodes[node_id].address, secret=secret_from_env())
+        try:
+            return await connection.call(body, timeout)
+        except Exception as error:
+            return {"error": repr(error)}
+        finally:
+            await connection.close()
+
+    async def ask_all() -> dict[int, Any]:
+        ids = sorted(bodies)
+        answers = await asyncio.gather(*[ask(n, bodies[n]) for n in ids])
+        return dict(zip(ids, answers, strict=True))
+
+    return asyncio.run(ask_all())
 
 
 class TransportCuts:
@@ -299,12 +306,12 @@ class Injector:
                                                       "No space left")
                 self.cluster.start_node(node)
         elif fault.kind == "corrupt_wal":
-            self._restore(fault)
+            self._restore(node)
 
     def heal_all(self) -> None:
         """Whatever may still be broken: every node running, resumed and fully connected."""
         for node_id in list(self._corrupted):
-            self._restore(None, node_id)
+            self._restore(node_id)
         if self.disk is not None:
             for node in self.cluster.nodes.values():
                 self.disk.free(node.store_dir)
@@ -392,10 +399,8 @@ class Injector:
         if code is None:
             self.cluster.kill(node_id)  # it started on a corrupt log: stop it, flagged
 
-    def _restore(self, fault: Fault | None, node_id: int | None = None) -> None:
+    def _restore(self, node_id: int) -> None:
         """Put the original byte back (the operator's backup) and start the node."""
-        node_id = fault.nodes[0] if fault is not None else node_id
-        assert node_id is not None
         saved = self._corrupted.pop(node_id, None)
         if saved is not None:
             if self.cluster.nodes[node_id].running:

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from ringlock.checker import LockHold, Op
-from ringlock.client.aio import secret_from_env
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.server.faults import FAULTS_ENV
 from ringlock.sharding.keys import shard_of
@@ -58,6 +57,7 @@ from ringlock.torture.faults import (
     Injector,
     IptablesCuts,
     TransportCuts,
+    ask_nodes,
     schedule,
 )
 from ringlock.torture.lockworker import fenced_key
@@ -68,7 +68,6 @@ from ringlock.torture.workload import (
     read_registers,
     scan_prefix,
 )
-from ringlock.transport.rpc import RpcConnection
 
 SHARDS = 8
 LOCK_TTL_S = 2.0
@@ -327,7 +326,7 @@ def _converge(cluster: DevCluster) -> tuple[Check, str]:
     attempts = 0
     while time.monotonic() < deadline:
         attempts += 1
-        reports = asyncio.run(_digests(cluster))
+        reports = _digests(cluster)
         groups |= {g for r in reports.values() for g in r}
         agreed, diverged = compare_digests(reports)
         if diverged:
@@ -351,20 +350,11 @@ def _converge(cluster: DevCluster) -> tuple[Check, str]:
     return check, f"converged in {seconds:.1f} s"
 
 
-async def _digests(cluster: DevCluster) -> dict[int, dict[int, list[Any]]]:
-    async def ask(node_id: int) -> dict[int, list[Any]] | None:
-        connection = RpcConnection(cluster.nodes[node_id].address, secret=secret_from_env())
-        try:
-            answer = await connection.call({"op": "digest"}, 5.0)
-            return {int(g): v for g, v in answer["groups"].items()}
-        except Exception:
-            return None
-        finally:
-            await connection.close()
-
-    ids = sorted(cluster.nodes)
-    answers = await asyncio.gather(*[ask(n) for n in ids])
-    return {n: a for n, a in zip(ids, answers, strict=True) if a is not None}
+def _digests(cluster: DevCluster) -> dict[int, dict[int, list[Any]]]:
+    """node -> group -> [applied index, digest], from the nodes that answered."""
+    answers = ask_nodes(cluster, {n: {"op": "digest"} for n in cluster.nodes}, 5.0)
+    return {n: {int(g): v for g, v in a["groups"].items()}
+            for n, a in answers.items() if "error" not in a}
 
 
 def _fenced_stored(writes: list[FencedWrite], stored: dict[str, tuple[str, int]]) -> Check:
