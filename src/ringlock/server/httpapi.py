@@ -107,6 +107,11 @@ DEFAULT_SCAN_LIMIT = 100
 RETRY_AFTER_S = 1
 
 ENCODINGS = ("utf-8", "base64")
+NO_PARAMS: frozenset[str] = frozenset()
+GET_PARAMS = frozenset({"encoding", "consistency"})
+PUT_PARAMS = frozenset({"encoding", "lease", "prev", "prev_revision", "client", "seq"})
+DELETE_PARAMS = frozenset({"encoding", "prev", "prev_revision", "client", "seq"})
+SCAN_PARAMS = frozenset({"prefix", "after", "limit", "encoding", "consistency"})
 STATUS_OF: dict[type[RequestError], int] = {
     BadRequest: 400, Unauthorized: 401, NotFound: 404, TooLarge: 413,
     CommandFailed: 409, Compacted: 410, RequestTimeout: 504,
@@ -294,6 +299,8 @@ class HttpApi:
         config = node.config
         self.max_body_bytes = max_http_body_bytes(config.max_value_bytes)
         self.max_line_bytes = max_http_line_bytes(config.max_key_bytes)
+        self._secret = config.secret.encode("utf-8")
+        """The bearer every request must carry (empty: none), encoded once."""
         self.in_flight = 0
         self.responses: dict[int, int] = {}
         """HTTP status code -> responses sent (for /metrics)."""
@@ -404,8 +411,7 @@ class HttpApi:
             self.in_flight -= 1
 
     def _authorize(self, request: web.Request) -> None:
-        secret = self.node.config.secret
-        if not secret or request.rel_url.raw_path in _SECRET_EXEMPT:
+        if not self._secret or request.rel_url.raw_path in _SECRET_EXEMPT:
             return
         header = request.headers.get("Authorization")
         if header is None:
@@ -413,8 +419,7 @@ class HttpApi:
         scheme, _, token = header.strip().partition(" ")
         given = token.strip().encode("utf-8", "surrogateescape")
         # Constant time in the secret's content: compare_digest on equal-typed bytes.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given,
-                                                                 secret.encode("utf-8")):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._secret):
             raise Unauthorized("wrong or malformed bearer secret")
 
     async def _expect(self, request: web.Request) -> None:
@@ -462,11 +467,11 @@ class HttpApi:
                               "map_version": cluster_map.version})
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        parse_query(request.rel_url.raw_query_string, frozenset())
+        parse_query(request.rel_url.raw_query_string, NO_PARAMS)
         return json_response(await self.call({"op": "status"}))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        parse_query(request.rel_url.raw_query_string, frozenset())
+        parse_query(request.rel_url.raw_query_string, NO_PARAMS)
         status = await self.call({"op": "status"})
         text = render_metrics(status, {"in_flight": self.in_flight,
                                        "responses": dict(self.responses)})
@@ -474,8 +479,7 @@ class HttpApi:
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string,
-                             frozenset({"encoding", "consistency"}))
+        params = parse_query(request.rel_url.raw_query_string, GET_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         consistency = text_param(params, "consistency", ("linearizable", "stale"),
                                  "linearizable")
@@ -487,8 +491,7 @@ class HttpApi:
         return json_response(kv_json(found, encoding))
 
     async def put(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string, frozenset(
-            {"encoding", "lease", "prev", "prev_revision", "client", "seq"}))
+        params = parse_query(request.rel_url.raw_query_string, PUT_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         shard, key = self._key(request)
         length = request.content_length
@@ -514,8 +517,7 @@ class HttpApi:
         return json_response(answer)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string, frozenset(
-            {"encoding", "prev", "prev_revision", "client", "seq"}))
+        params = parse_query(request.rel_url.raw_query_string, DELETE_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         shard, key = self._key(request)
         body = self._write_body(params, shard, key)
@@ -556,9 +558,7 @@ class HttpApi:
 
     async def scan(self, request: web.Request) -> web.StreamResponse:
         """Keys by prefix, in key order, from every shard (as `Client.scan` merges)."""
-        params = parse_query(request.rel_url.raw_query_string,
-                             frozenset({"prefix", "after", "limit", "encoding",
-                                        "consistency"}))
+        params = parse_query(request.rel_url.raw_query_string, SCAN_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         consistency = text_param(params, "consistency", ("linearizable", "stale"),
                                  "linearizable")
