@@ -245,28 +245,20 @@ def decode_value(body: bytes, encoding: str) -> bytes:
     return body
 
 
-def encode_bytes(data: bytes, encoding: str) -> tuple[str, str]:
-    """(text, encoding used): UTF-8 when asked and possible, else base64."""
-    if encoding == "utf-8":
-        try:
-            return data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            pass
-    return base64.b64encode(data).decode("ascii"), "base64"
-
-
 def kv_json(raw: Any, encoding: str) -> dict[str, Any]:
     """One stored key, as the wire encodes it ([key, value, create, mod, version, lease]).
     With the default encoding, an item whose key or value is not UTF-8 is given in
     base64 and says so in its `encoding`."""
     key, value, create_revision, mod_revision, version, lease = encode_result(raw)
-    key_text, key_encoding = encode_bytes(key, encoding)
-    value_text, value_encoding = encode_bytes(value, encoding)
-    used = "base64" if "base64" in (key_encoding, value_encoding) else "utf-8"
-    if used != key_encoding:
-        key_text, _ = encode_bytes(key, "base64")
-    if used != value_encoding:
-        value_text, _ = encode_bytes(value, "base64")
+    used = encoding
+    if encoding == "utf-8":
+        try:
+            key_text, value_text = key.decode("utf-8"), value.decode("utf-8")
+        except UnicodeDecodeError:
+            used = "base64"
+    if used == "base64":
+        key_text = base64.b64encode(key).decode("ascii")
+        value_text = base64.b64encode(value).decode("ascii")
     return {"key": key_text, "value": value_text, "encoding": used,
             "create_revision": create_revision, "mod_revision": mod_revision,
             "version": version, "lease": lease}
