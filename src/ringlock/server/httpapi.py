@@ -106,6 +106,13 @@ MAX_INT_DIGITS = 19
 DEFAULT_SCAN_LIMIT = 100
 RETRY_AFTER_S = 1
 
+
+class PreconditionFailed(CommandFailed):
+    """A write with `prev_revision` found the key at another revision: nothing changed."""
+
+    code = "CommandFailed"
+
+
 ENCODINGS = ("utf-8", "base64")
 NO_PARAMS: frozenset[str] = frozenset()
 GET_PARAMS = frozenset({"encoding", "consistency"})
@@ -114,11 +121,12 @@ DELETE_PARAMS = frozenset({"encoding", "prev", "prev_revision", "client", "seq"}
 SCAN_PARAMS = frozenset({"prefix", "after", "limit", "encoding", "consistency"})
 STATUS_OF: dict[type[RequestError], int] = {
     BadRequest: 400, Unauthorized: 401, NotFound: 404, TooLarge: 413,
-    CommandFailed: 409, Compacted: 410, RequestTimeout: 504,
+    PreconditionFailed: 412, CommandFailed: 409, Compacted: 410, RequestTimeout: 504,
     Unavailable: 503, NotLeader: 503, WrongShard: 503,
 }
 """A typed error's HTTP status: the first class in its MRO found here (so FencedOut
-and NotHolder, CommandFailed's children, are 409); any other RequestError is 503."""
+and NotHolder, CommandFailed's children, are 409, and PreconditionFailed 412); any
+other RequestError is 503."""
 _HTTP_STATUS_ERRORS: dict[int, type[RequestError]] = {
     400: BadRequest, 401: Unauthorized, 404: NotFound, 405: BadRequest, 413: TooLarge}
 """aiohttp's own refusals (no route, wrong method, body over client_max_size) as
@@ -128,15 +136,7 @@ _SECRET_EXEMPT = frozenset({"/healthz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class PreconditionFailed(CommandFailed):
-    """A write with `prev_revision` found the key at another revision: nothing changed."""
-
-    code = "CommandFailed"
-
-
 def status_of(error: RequestError) -> int:
-    if isinstance(error, PreconditionFailed):
-        return 412
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
