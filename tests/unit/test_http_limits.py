@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ringlock.server import httpapi
-from ringlock.server.config import NodeConfig
 from ringlock.server.httpapi import MAX_HTTP_CONCURRENT_REQUESTS, HttpApi
-from ringlock.server.node import Node
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.unit.http_api_helpers import http_node, serving
 
 
 async def get(port: int, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -40,19 +32,14 @@ async def get(port: int, path: str) -> tuple[int, dict[str, str], dict[str, Any]
 
 
 def make_api(tmp_path: Path) -> HttpApi:
-    node = Node(NodeConfig(node_id=1, listen="127.0.0.1:1", data_dir=str(tmp_path),
-                           peers={1: "127.0.0.1:1"}, http_listen=f"127.0.0.1:{free_port()}"))
-    return HttpApi(node)
+    return HttpApi(http_node(tmp_path))
 
 
 def test_past_the_concurrency_cap_a_request_gets_503_with_retry_after(tmp_path: Path) -> None:
     api = make_api(tmp_path)
 
     async def main() -> None:
-        await api.start()
-        assert api._listener is not None
-        port = api._listener.sockets[0].getsockname()[1]
-        try:
+        async with serving(api) as port:
             api.in_flight = MAX_HTTP_CONCURRENT_REQUESTS  # as if that many were being served
             status, headers, body = await get(port, "/v1/status")
             assert status == 503 and body["error"] == "Unavailable", (status, body)
@@ -61,8 +48,6 @@ def test_past_the_concurrency_cap_a_request_gets_503_with_retry_after(tmp_path: 
             api.in_flight = 0
             status, _, body = await get(port, "/v1/status")
             assert status == 200 and body["node"] == 1, (status, body)
-        finally:
-            await api.stop()
 
     asyncio.run(main())
 
@@ -79,15 +64,10 @@ def test_a_request_past_the_timeout_gets_504_request_timeout(tmp_path: Path,
     monkeypatch.setattr(api, "call", never_answered)
 
     async def main() -> None:
-        await api.start()
-        assert api._listener is not None
-        port = api._listener.sockets[0].getsockname()[1]
-        try:
+        async with serving(api) as port:
             status, _, body = await get(port, "/v1/kv/a")
             assert status == 504 and body["error"] == "RequestTimeout", (status, body)
             assert "HTTP_REQUEST_TIMEOUT_S" in body["message"]
             assert api.in_flight == 0  # the timed-out request let go of its slot
-        finally:
-            await api.stop()
 
     asyncio.run(main())

@@ -4,31 +4,22 @@ which must not cross the network in clear text."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
 from ringlock.certs import make_certs
-from ringlock.server.config import NodeConfig
 from ringlock.server.httpapi import HttpApi
 from ringlock.server.node import Node
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.unit.http_api_helpers import http_node, serving
 
 
 def tls_node(tmp_path: Path) -> Node:
     made = make_certs(tmp_path / "tls", nodes=1)
     cert, key = made.nodes[1]
-    return Node(NodeConfig(node_id=1, listen="127.0.0.1:1", data_dir=str(tmp_path / "d"),
-                           peers={1: "127.0.0.1:1"}, secret="s3cret",
-                           http_listen=f"127.0.0.1:{free_port()}", tls_cert=str(cert),
-                           tls_key=str(key), tls_ca=str(made.ca)))
+    return http_node(tmp_path / "d", secret="s3cret", tls_cert=str(cert), tls_key=str(key),
+                     tls_ca=str(made.ca))
 
 
 async def request(port: int, context: ssl.SSLContext | None) -> bytes:
@@ -47,11 +38,7 @@ def test_the_http_api_of_a_tls_node_is_https_and_refuses_clear_text(tmp_path: Pa
     node = tls_node(tmp_path)
 
     async def main() -> None:
-        api = HttpApi(node)
-        await api.start()
-        assert api._listener is not None
-        port = api._listener.sockets[0].getsockname()[1]
-        try:
+        async with serving(HttpApi(node)) as port:
             # In clear text: no HTTP answer (the TLS layer drops it).
             answer = b""
             with pytest.raises((ConnectionError, OSError)):
@@ -63,7 +50,5 @@ def test_the_http_api_of_a_tls_node_is_https_and_refuses_clear_text(tmp_path: Pa
             context = ssl.create_default_context(cafile=node.config.tls_ca)
             answer = await request(port, context)
             assert answer.startswith(b"HTTP/1.1 "), answer[:80]
-        finally:
-            await api.stop()
 
     asyncio.run(main())

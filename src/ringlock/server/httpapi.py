@@ -106,14 +106,27 @@ MAX_INT_DIGITS = 19
 DEFAULT_SCAN_LIMIT = 100
 RETRY_AFTER_S = 1
 
+
+class PreconditionFailed(CommandFailed):
+    """A write with `prev_revision` found the key at another revision: nothing changed."""
+
+    code = "CommandFailed"
+
+
 ENCODINGS = ("utf-8", "base64")
+NO_PARAMS: frozenset[str] = frozenset()
+GET_PARAMS = frozenset({"encoding", "consistency"})
+PUT_PARAMS = frozenset({"encoding", "lease", "prev", "prev_revision", "client", "seq"})
+DELETE_PARAMS = frozenset({"encoding", "prev", "prev_revision", "client", "seq"})
+SCAN_PARAMS = frozenset({"prefix", "after", "limit", "encoding", "consistency"})
 STATUS_OF: dict[type[RequestError], int] = {
     BadRequest: 400, Unauthorized: 401, NotFound: 404, TooLarge: 413,
-    CommandFailed: 409, Compacted: 410, RequestTimeout: 504,
+    PreconditionFailed: 412, CommandFailed: 409, Compacted: 410, RequestTimeout: 504,
     Unavailable: 503, NotLeader: 503, WrongShard: 503,
 }
 """A typed error's HTTP status: the first class in its MRO found here (so FencedOut
-and NotHolder, CommandFailed's children, are 409); any other RequestError is 503."""
+and NotHolder, CommandFailed's children, are 409, and PreconditionFailed 412); any
+other RequestError is 503."""
 _HTTP_STATUS_ERRORS: dict[int, type[RequestError]] = {
     400: BadRequest, 401: Unauthorized, 404: NotFound, 405: BadRequest, 413: TooLarge}
 """aiohttp's own refusals (no route, wrong method, body over client_max_size) as
@@ -123,15 +136,7 @@ _SECRET_EXEMPT = frozenset({"/healthz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class PreconditionFailed(CommandFailed):
-    """A write with `prev_revision` found the key at another revision: nothing changed."""
-
-    code = "CommandFailed"
-
-
 def status_of(error: RequestError) -> int:
-    if isinstance(error, PreconditionFailed):
-        return 412
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
@@ -240,28 +245,20 @@ def decode_value(body: bytes, encoding: str) -> bytes:
     return body
 
 
-def encode_bytes(data: bytes, encoding: str) -> tuple[str, str]:
-    """(text, encoding used): UTF-8 when asked and possible, else base64."""
-    if encoding == "utf-8":
-        try:
-            return data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            pass
-    return base64.b64encode(data).decode("ascii"), "base64"
-
-
 def kv_json(raw: Any, encoding: str) -> dict[str, Any]:
     """One stored key, as the wire encodes it ([key, value, create, mod, version, lease]).
     With the default encoding, an item whose key or value is not UTF-8 is given in
     base64 and says so in its `encoding`."""
     key, value, create_revision, mod_revision, version, lease = encode_result(raw)
-    key_text, key_encoding = encode_bytes(key, encoding)
-    value_text, value_encoding = encode_bytes(value, encoding)
-    used = "base64" if "base64" in (key_encoding, value_encoding) else "utf-8"
-    if used != key_encoding:
-        key_text, _ = encode_bytes(key, "base64")
-    if used != value_encoding:
-        value_text, _ = encode_bytes(value, "base64")
+    used = encoding
+    if encoding == "utf-8":
+        try:
+            key_text, value_text = key.decode("utf-8"), value.decode("utf-8")
+        except UnicodeDecodeError:
+            used = "base64"
+    if used == "base64":
+        key_text = base64.b64encode(key).decode("ascii")
+        value_text = base64.b64encode(value).decode("ascii")
     return {"key": key_text, "value": value_text, "encoding": used,
             "create_revision": create_revision, "mod_revision": mod_revision,
             "version": version, "lease": lease}
@@ -294,6 +291,8 @@ class HttpApi:
         config = node.config
         self.max_body_bytes = max_http_body_bytes(config.max_value_bytes)
         self.max_line_bytes = max_http_line_bytes(config.max_key_bytes)
+        self._secret = config.secret.encode("utf-8")
+        """The bearer every request must carry (empty: none), encoded once."""
         self.in_flight = 0
         self.responses: dict[int, int] = {}
         """HTTP status code -> responses sent (for /metrics)."""
@@ -404,8 +403,7 @@ class HttpApi:
             self.in_flight -= 1
 
     def _authorize(self, request: web.Request) -> None:
-        secret = self.node.config.secret
-        if not secret or request.rel_url.raw_path in _SECRET_EXEMPT:
+        if not self._secret or request.rel_url.raw_path in _SECRET_EXEMPT:
             return
         header = request.headers.get("Authorization")
         if header is None:
@@ -413,8 +411,7 @@ class HttpApi:
         scheme, _, token = header.strip().partition(" ")
         given = token.strip().encode("utf-8", "surrogateescape")
         # Constant time in the secret's content: compare_digest on equal-typed bytes.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given,
-                                                                 secret.encode("utf-8")):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._secret):
             raise Unauthorized("wrong or malformed bearer secret")
 
     async def _expect(self, request: web.Request) -> None:
@@ -462,11 +459,11 @@ class HttpApi:
                               "map_version": cluster_map.version})
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        parse_query(request.rel_url.raw_query_string, frozenset())
+        parse_query(request.rel_url.raw_query_string, NO_PARAMS)
         return json_response(await self.call({"op": "status"}))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        parse_query(request.rel_url.raw_query_string, frozenset())
+        parse_query(request.rel_url.raw_query_string, NO_PARAMS)
         status = await self.call({"op": "status"})
         text = render_metrics(status, {"in_flight": self.in_flight,
                                        "responses": dict(self.responses)})
@@ -474,8 +471,7 @@ class HttpApi:
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string,
-                             frozenset({"encoding", "consistency"}))
+        params = parse_query(request.rel_url.raw_query_string, GET_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         consistency = text_param(params, "consistency", ("linearizable", "stale"),
                                  "linearizable")
@@ -487,8 +483,7 @@ class HttpApi:
         return json_response(kv_json(found, encoding))
 
     async def put(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string, frozenset(
-            {"encoding", "lease", "prev", "prev_revision", "client", "seq"}))
+        params = parse_query(request.rel_url.raw_query_string, PUT_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         shard, key = self._key(request)
         length = request.content_length
@@ -514,8 +509,7 @@ class HttpApi:
         return json_response(answer)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        params = parse_query(request.rel_url.raw_query_string, frozenset(
-            {"encoding", "prev", "prev_revision", "client", "seq"}))
+        params = parse_query(request.rel_url.raw_query_string, DELETE_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         shard, key = self._key(request)
         body = self._write_body(params, shard, key)
@@ -556,9 +550,7 @@ class HttpApi:
 
     async def scan(self, request: web.Request) -> web.StreamResponse:
         """Keys by prefix, in key order, from every shard (as `Client.scan` merges)."""
-        params = parse_query(request.rel_url.raw_query_string,
-                             frozenset({"prefix", "after", "limit", "encoding",
-                                        "consistency"}))
+        params = parse_query(request.rel_url.raw_query_string, SCAN_PARAMS)
         encoding = text_param(params, "encoding", ENCODINGS, "utf-8")
         consistency = text_param(params, "consistency", ("linearizable", "stale"),
                                  "linearizable")

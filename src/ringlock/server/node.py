@@ -67,10 +67,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringlock.server")
 
 GC_THRESHOLDS = (50_000, 20, 20)
+"""Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 FILES_BESIDE_CONNECTIONS = 256
 """Open files a node needs besides its connections: WAL segments, snapshot files, its
 log, its outgoing peer links and relays."""
-"""Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 SHUTDOWN_TRANSFER_S = 3.0
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
 FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
