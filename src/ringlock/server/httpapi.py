@@ -427,18 +427,7 @@ class HttpApi:
 
     async def call(self, body: dict[str, Any]) -> Any:
         """One request through `Node.dispatch`, exactly as an RPC client's would go."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def reply(result: Any, error: RequestError | None) -> None:
-            if future.done():  # the HTTP request timed out or its client went away
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        self.node.dispatch(body, reply)
-        return await future
+        return await self.node.ask(body)
 
     def _key(self, request: web.Request) -> tuple[int, bytes]:
         raw = request.rel_url.raw_path

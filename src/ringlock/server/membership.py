@@ -334,14 +334,7 @@ class Membership:
         """One request to the meta leader, wherever it is (relayed by meta replicas)."""
         meta = self.meta
         if meta is not None and meta.raft.role == Role.LEADER:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-            def reply(result: Any, error: RequestError | None) -> None:
-                if not future.done():
-                    future.set_exception(error) if error else future.set_result(result)
-
-            self.node.dispatch(body, reply)
-            return await asyncio.wait_for(future, MEMBERSHIP_CALL_TIMEOUT_S)
+            return await asyncio.wait_for(self.node.ask(body), MEMBERSHIP_CALL_TIMEOUT_S)
         target = self._meta_target()
         if target is None:
             raise Unavailable("no meta replica known")

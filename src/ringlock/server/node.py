@@ -524,6 +524,23 @@ class Node:
 
     # --------------------------------------------------------------------- requests
 
+    async def ask(self, body: dict[str, Any]) -> Any:
+        """`dispatch` as an awaitable, for the node's own callers (membership, the HTTP
+        API): the result, or the RequestError raised. An answer that comes after the
+        caller gave up (a timeout cancelled the wait) is dropped."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def reply(result: Any, error: RequestError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.dispatch(body, reply)
+        return await future
+
     def dispatch(self, body: dict[str, Any], reply: Reply,
                  origin: Connection | None = None) -> None:
         self.counters["requests"] += 1
