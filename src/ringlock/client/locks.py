@@ -53,9 +53,9 @@ MIN_LOCK_TTL_S = 0.5
 KEEPALIVES_PER_TTL = 3
 """Keepalives sent per TTL: two may be lost before the lease is."""
 RETRY_KEEPALIVE_S = 0.1
+"""After a failed keepalive, the next one goes this soon (within the TTL)."""
 IDLE_SESSION_S = 60.0
 """A session with nothing held or awaited under it this long gives its lease back."""
-"""After a failed keepalive, the next one goes this soon (within the TTL)."""
 FOREVER_S = 10.0 * 365 * 24 * 3600
 """A wait with no timeout: a deadline nobody reaches."""
 GIVE_UP_TIMEOUT_S = 2.0
