@@ -151,9 +151,9 @@ class DevCluster:
 
     @staticmethod
     def _write_secret(path: Path, secret: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secret + "\n")
+        from ringlock.certs import write_file
+
+        write_file(path, (secret + "\n").encode(), private=True)
 
     @property
     def tls_ca(self) -> str | None:
