@@ -35,6 +35,9 @@ from ringlock.transport.tls import is_fatal, open_stream
 
 CONNECT_TIMEOUT_S = 2.0
 """Connecting, with the TLS handshake and the secret's proof, within this."""
+FATAL_ERRORS = (Unauthorized, TlsError)
+"""A node's refusals that no retry can fix (the same settings fail the same way): they
+fail the connection's calls as they are, not as Unavailable."""
 
 
 class RpcConnection:
@@ -137,7 +140,7 @@ class RpcConnection:
             if body.get("id") == 0 and "err" in body:  # the node refused the stream
                 error = error_from(body)
                 self._break(f"{self.address} refused the connection: {body.get('msg')}",
-                            error if isinstance(error, Unauthorized | TlsError) else None)
+                            error if isinstance(error, FATAL_ERRORS) else None)
             return
         if future.done():
             return
