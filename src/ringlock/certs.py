@@ -75,15 +75,15 @@ def make_certs(directory: str | Path, *, nodes: int = 3,
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
                               critical=False)
                .sign(ca_key, hashes.SHA256()))
-    _write(out / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(out / "ca-key.pem", _key_bytes(ca_key), private=True)
+    write_file(out / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_file(out / "ca-key.pem", _key_bytes(ca_key), private=True)
     node_files = {}
     for node in range(1, nodes + 1):
         node_files[node] = _leaf(out, f"node-{node}", f"ringlock node {node}", hosts,
                                  ca_cert, ca_key, now)
     client = _leaf(out, "client", "ringlock client", (), ca_cert, ca_key, now)
     secret = out / "secret"
-    _write(secret, (secrets.token_hex(SECRET_BYTES) + "\n").encode(), private=True)
+    write_file(secret, (secrets.token_hex(SECRET_BYTES) + "\n").encode(), private=True)
     return CertFiles(out / "ca.pem", out / "ca-key.pem", node_files, client, secret)
 
 
@@ -113,8 +113,8 @@ def _leaf(out: Path, stem: str, common_name: str, hosts: tuple[str, ...],
             x509.SubjectAlternativeName([_san(host) for host in hosts]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = out / f"{stem}.pem", out / f"{stem}-key.pem"
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(key_path, _key_bytes(key), private=True)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_file(key_path, _key_bytes(key), private=True)
     return cert_path, key_path
 
 
@@ -130,7 +130,7 @@ def _key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write(path: Path, data: bytes, *, private: bool) -> None:
+def write_file(path: Path, data: bytes, *, private: bool) -> None:
     """Written in full to a temporary file, then renamed: a key file is never readable
     by others, not even for an instant, and never half written."""
     tmp = path.with_name(path.name + ".tmp")

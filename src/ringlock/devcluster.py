@@ -27,6 +27,7 @@ from typing import Any
 
 from ringlock.errors import ConfigError, RequestError
 from ringlock.raft.messages import Role
+from ringlock.server.config import read_secret_file
 from ringlock.sharding.meta import META_GROUP
 
 DEFAULT_DATA_DIR = ".ringlock"
@@ -134,7 +135,7 @@ class DevCluster:
             Path(shape["tls_dir"]) if shape.get("tls_dir") else None)
         self.secret: str | None = secret
         if secret is None and shape.get("secure"):
-            self.secret = self.secret_file.read_text().rstrip("\n")
+            self.secret = read_secret_file(self.secret_file)
         self._node_secrets: dict[int, str] = {}
         """Per-node secrets that differ from the cluster's (tests of a wrong one)."""
         self._client: Any = None
@@ -150,9 +151,9 @@ class DevCluster:
 
     @staticmethod
     def _write_secret(path: Path, secret: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secret + "\n")
+        from ringlock.certs import write_file
+
+        write_file(path, (secret + "\n").encode(), private=True)
 
     @property
     def tls_ca(self) -> str | None:

@@ -41,8 +41,6 @@ from ringlock.errors import (
     NotLeader,
     RequestError,
     RequestTimeout,
-    TlsError,
-    Unauthorized,
     Unavailable,
     WaitSuperseded,
     WrongShard,
@@ -51,7 +49,7 @@ from ringlock.sharding.clustermap import ClusterMap, MapError
 from ringlock.sharding.keys import shard_of
 from ringlock.sharding.meta import META_GROUP
 from ringlock.statemachine.kv import KeyValue
-from ringlock.transport.rpc import RpcConnection
+from ringlock.transport.rpc import FATAL_ERRORS, RpcConnection
 from ringlock.transport.tls import client_context
 
 if TYPE_CHECKING:
@@ -66,8 +64,6 @@ BACKOFF_BASE_S = 0.02
 BACKOFF_MAX_S = 0.2
 
 Key = str | bytes
-FATAL_ERRORS = (Unauthorized, TlsError)
-"""Raised at once, never retried on another node: they all share the same settings."""
 
 
 def secret_from_env() -> str | None:

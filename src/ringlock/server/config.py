@@ -173,8 +173,6 @@ class NodeConfig:
         return self
 
     def _validate_security(self) -> None:
-        if len(self.secret.encode()) > MAX_SECRET_BYTES:
-            raise ConfigError(f"the cluster secret exceeds MAX_SECRET_BYTES={MAX_SECRET_BYTES}")
         addresses = [self.listen, *self.peers.values(), *([self.join] if self.join else []),
                      *([self.http_listen] if self.http_listen else [])]
         if not self.secret and not all(is_loopback(parse_address(a)[0]) for a in addresses):

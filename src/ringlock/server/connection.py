@@ -139,7 +139,7 @@ class Connection:
             else:
                 self.send_error(request_id, Unauthorized(MISSING_SECRET))
             return
-        if body.get("op") in WATCH_OPS:  # streams, bounded on their own: server/watches.py
+        if op in WATCH_OPS:  # streams, bounded on their own: server/watches.py
             self.node.watches.request(self, request_id, body)
             return
         if self.inflight >= self.node.config.max_inflight_per_connection:

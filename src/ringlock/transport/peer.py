@@ -18,10 +18,10 @@ import random
 import ssl as _ssl
 from typing import Any
 
-from ringlock.address import parse_address
 from ringlock.codec.frames import FrameDecoder, FrameError, encode_frame
 from ringlock.errors import RequestError
 from ringlock.transport.auth import ConnectHandshake
+from ringlock.transport.tls import open_stream
 
 log = logging.getLogger("ringlock.transport")
 
@@ -116,11 +116,8 @@ class PeerLink:
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
                                    FrameDecoder] | None:
         """Connect, say hello, and prove the secret if there is one; None on failure."""
-        host, port = parse_address(self.address)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                host, port, ssl=self._ssl, server_hostname=host if self._ssl else None),
-                CONNECT_TIMEOUT_S)
+            reader, writer = await open_stream(self.address, self._ssl, CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as error:
             if isinstance(error, _ssl.SSLError):
                 self._failed(f"TLS with {self.address} failed: {error}")

@@ -19,7 +19,6 @@ import ssl as _ssl
 from collections.abc import Callable
 from typing import Any
 
-from ringlock.address import parse_address
 from ringlock.codec.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
 from ringlock.errors import (
     ERROR_CODES,
@@ -32,10 +31,13 @@ from ringlock.errors import (
     WrongShard,
 )
 from ringlock.transport.auth import ConnectHandshake
-from ringlock.transport.tls import is_fatal
+from ringlock.transport.tls import is_fatal, open_stream
 
 CONNECT_TIMEOUT_S = 2.0
 """Connecting, with the TLS handshake and the secret's proof, within this."""
+FATAL_ERRORS = (Unauthorized, TlsError)
+"""A node's refusals that no retry can fix (the same settings fail the same way): they
+fail the connection's calls as they are, not as Unavailable."""
 
 
 class RpcConnection:
@@ -73,11 +75,8 @@ class RpcConnection:
         await asyncio.shield(self._connecting)
 
     async def _open(self) -> None:
-        host, port = parse_address(self.address)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                host, port, ssl=self._ssl, server_hostname=host if self._ssl else None),
-                CONNECT_TIMEOUT_S)
+            reader, writer = await open_stream(self.address, self._ssl, CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as error:
             self.broken = True
             if is_fatal(error):
@@ -141,7 +140,7 @@ class RpcConnection:
             if body.get("id") == 0 and "err" in body:  # the node refused the stream
                 error = error_from(body)
                 self._break(f"{self.address} refused the connection: {body.get('msg')}",
-                            error if isinstance(error, Unauthorized | TlsError) else None)
+                            error if isinstance(error, FATAL_ERRORS) else None)
             return
         if future.done():
             return

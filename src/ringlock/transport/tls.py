@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from ringlock.address import parse_address
 from ringlock.codec.frames import encode_frame
 from ringlock.errors import ConfigError
 
@@ -57,6 +58,15 @@ def _load(context: ssl.SSLContext, cert: str, key: str, ca: str) -> None:
     except (OSError, ssl.SSLError) as error:
         raise ConfigError(f"cannot load TLS files (cert {cert!r}, key {key!r}, "
                           f"ca {ca!r}): {error}") from error
+
+
+async def open_stream(address: str, context: ssl.SSLContext | None, timeout: float,
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to HOST:PORT within `timeout`: with TLS when `context` is given, the
+    node's certificate checked for the host it was dialled by."""
+    host, port = parse_address(address)
+    return await asyncio.wait_for(asyncio.open_connection(
+        host, port, ssl=context, server_hostname=host if context else None), timeout)
 
 
 def is_fatal(error: BaseException) -> bool:
