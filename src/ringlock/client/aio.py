@@ -452,7 +452,8 @@ class AsyncClient:
 
     async def _keyed(self, body: dict[str, Any], key: bytes, timeout: float | None, *,
                      stale_ok: bool = False) -> Any:
-        await self._ensure_map(timeout)
+        if not self._map.shards:  # (the test _ensure_map makes, without its coroutine)
+            await self._ensure_map(timeout)
         shard = shard_of(key, self._map.shards)
         body["shard"] = shard
         return await self._shard_call(shard, body, timeout, stale_ok=stale_ok)
@@ -525,13 +526,14 @@ class AsyncClient:
     shard_call = _shard_call
 
     def _pick(self, shard: int, stale_ok: bool, avoid: bool) -> str:
+        if not stale_ok and not avoid:
+            leader = self._map.leaders.get(shard)
+            if leader is not None:
+                return leader
         replicas = [self._map.nodes[n] for n in self._map.replicas.get(shard, ())
                     if n in self._map.nodes]
         if stale_ok and replicas:
             return self._rng.choice(replicas)
-        leader = self._map.leaders.get(shard)
-        if leader is not None and not avoid:
-            return leader
         return self._rng.choice(replicas or list(self._map.nodes.values()) or self.seeds)
 
     async def _backoff(self, attempt: int, deadline: float) -> None:

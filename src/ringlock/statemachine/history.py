@@ -19,6 +19,7 @@ Deterministic and free of I/O, as the rest of the state machine.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -64,14 +65,15 @@ class WatchHistory:
                lease: int) -> None:
         """Remember a change, at a revision above every one remembered, and forget the
         oldest ones beyond the limits."""
-        if self._changes and revision <= self._changes[-1].revision:
+        changes = self._changes
+        if changes and revision <= changes[-1].revision:
             raise ValueError(f"change at revision {revision} after "
-                             f"{self._changes[-1].revision}")
-        self._changes.append(Change(revision, kind, key, value, lease))
+                             f"{changes[-1].revision}")
+        changes.append(_new_change((revision, kind, key, value, lease)))
         self._bytes += _cost(key, value)
-        while len(self._changes) > self.max_events or (
-                self._bytes > self.max_bytes and len(self._changes) > 1):
-            oldest = self._changes.popleft()
+        while len(changes) > self.max_events or (
+                self._bytes > self.max_bytes and len(changes) > 1):
+            oldest = changes.popleft()
             self._bytes -= _cost(oldest.key, oldest.value)
             self.floor = oldest.revision
 
@@ -100,6 +102,10 @@ class WatchHistory:
 
     def __iter__(self) -> Iterator[Change]:
         return iter(self._changes)
+
+
+_new_change = functools.partial(tuple.__new__, Change)
+"""`Change(...)` without the Python-level `__new__` NamedTuple adds: one per write."""
 
 
 def _cost(key: bytes, value: bytes | None) -> int:

@@ -292,19 +292,19 @@ class ShardStateMachine:
     def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> KeyValue | None:
         if lease and lease not in self.leases:
             raise StateMachineError(f"lease {lease} not found")
-        self.revision += 1
-        previous = self.get(key)
-        if previous is not None and previous.lease and previous.lease != lease:
-            self.leases[previous.lease][1].discard(key)
-        if previous is None:
-            self.data[key] = _META.pack(self.revision, self.revision, 1, lease) + value
-        else:
-            self.data[key] = _META.pack(previous.create_revision, self.revision,
-                                        previous.version + 1, lease) + value
+        self.revision = revision = self.revision + 1
+        raw = self.data.get(key)
+        if raw is None:
+            self.data[key] = _META.pack(revision, revision, 1, lease) + value
+        else:  # the previous record's fields, without copying its value unless asked
+            create, _, version, old_lease = _META.unpack_from(raw)
+            if old_lease and old_lease != lease:
+                self.leases[old_lease][1].discard(key)
+            self.data[key] = _META.pack(create, revision, version + 1, lease) + value
         if lease:
             self.leases[lease][1].add(key)
-        self.history.record(self.revision, PUT, key, value, lease)
-        return previous if prev_kv else None
+        self.history.record(revision, PUT, key, value, lease)
+        return _unpack(key, raw) if prev_kv and raw is not None else None
 
     def _delete(self, key: bytes, prev_kv: bool, ended_lease: int = 0) -> KeyValue | bool | None:
         """`ended_lease`: the key goes because that lease ended (an `expire` change)."""
@@ -442,6 +442,8 @@ def _unpack(key: bytes, raw: bytes) -> KeyValue:
 
 def _to_record(result: Any) -> Any:
     """Results are remembered in a form a snapshot can carry."""
+    if result is None or type(result) is bool:  # most writes: a put, a delete, a cas
+        return ["value", result]
     if isinstance(result, KeyValue):
         return ["kv", result.key, result.value, result.create_revision, result.mod_revision,
                 result.version, result.lease]

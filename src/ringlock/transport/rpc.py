@@ -34,6 +34,10 @@ from ringlock.transport.auth import ConnectHandshake
 from ringlock.transport.tls import is_fatal, open_stream
 
 CONNECT_TIMEOUT_S = 2.0
+TIMEOUT_GRANULARITY_S = 0.01
+"""A call's timeout fires up to this much late: calls whose deadlines fall in one such
+slice share one timer, so the hot path pays a dict lookup and an append rather than a
+timer pushed onto the loop's heap and cancelled again per call."""
 """Connecting, with the TLS handshake and the secret's proof, within this."""
 FATAL_ERRORS = (Unauthorized, TlsError)
 """A node's refusals that no retry can fix (the same settings fail the same way): they
@@ -51,6 +55,8 @@ class RpcConnection:
         """The open stream, from connect on; `_writer` is set once it may carry requests."""
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._deadlines: dict[int, list[tuple[int, float]]] = {}
+        """Timer slice -> (request id, timeout) of the calls whose deadline falls in it."""
         self._streams: dict[int, RpcStream] = {}
         """Stream calls (`stream`): one request id, many frames."""
         self._writer: asyncio.StreamWriter | None = None
@@ -168,21 +174,32 @@ class RpcConnection:
 
     async def call(self, body: dict[str, Any], timeout: float) -> Any:
         """Send `body` (an `op` and its fields) and wait for its answer."""
-        await self._ready(timeout)
+        if self._writer is None or self.broken:
+            await self._ready(timeout)
         request_id = next(self._ids)
         body["id"] = request_id
         self._enqueue(body)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting[request_id] = future
-        # A plain timer rather than asyncio.wait_for, which costs a task-like wrapper and
-        # several callbacks per call: this is the client's hot path.
-        timer = loop.call_later(timeout, _expire, future, timeout)
+        # Not asyncio.wait_for (a task-like wrapper and several callbacks per call) nor a
+        # timer per call: this is the client's hot path. See TIMEOUT_GRANULARITY_S.
+        slot = -int(-(loop.time() + timeout) // TIMEOUT_GRANULARITY_S)  # rounded up
+        due = self._deadlines.get(slot)
+        if due is None:
+            due = self._deadlines[slot] = []
+            loop.call_at(slot * TIMEOUT_GRANULARITY_S, self._expire, slot)
+        due.append((request_id, timeout))
         try:
             return await future
         finally:
-            timer.cancel()
             self._waiting.pop(request_id, None)
+
+    def _expire(self, slot: int) -> None:
+        for request_id, timeout in self._deadlines.pop(slot, ()):
+            future = self._waiting.get(request_id)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError(f"no answer within {timeout:.3f} s"))
 
     async def stream(self, body: dict[str, Any], timeout: float, *,
                      cancel: Callable[[int], dict[str, Any]] | None = None) -> RpcStream:
@@ -310,11 +327,6 @@ class StreamEnded(RequestError):
     """The node ended a stream (or the client closed it): no more frames."""
 
     code = "StreamEnded"
-
-
-def _expire(future: asyncio.Future[Any], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError(f"no answer within {timeout:.3f} s"))
 
 
 def error_from(body: dict[str, Any]) -> RequestError:
