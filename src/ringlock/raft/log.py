@@ -149,6 +149,9 @@ class RaftLog:
         if not self.match_term(prev_index, prev_term):
             return None
         last_new = prev_index + len(entries)
+        if entries and entries[0].index == self.last_index() + 1:
+            self.append(list(entries))  # the steady state: all new, nothing to compare
+            entries = ()
         for position, entry in enumerate(entries):
             existing = self.term_at(entry.index)
             if existing is None and entry.index <= self.snapshot_index:
@@ -166,7 +169,8 @@ class RaftLog:
         return last_new
 
     def _truncate_after(self, index: int) -> None:
-        invariant(index >= self.snapshot_index, f"truncate at {index} below snapshot")
+        if index < self.snapshot_index:
+            raise InvariantViolation(f"truncate at {index} below snapshot")
         del self.entries[index - self.snapshot_index :]
         self.stable_index = min(self.stable_index, index)
 
