@@ -66,6 +66,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringlock.server")
 
+GATHER_YIELDS = 2
+"""Loop iterations a drive turn waits after it is woken (see Node._gather). Measured on
+W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the
+syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds."""
+GATHER_MORE_YIELDS = 2
+"""Further iterations, each only while the previous one brought work for new shards."""
 GC_THRESHOLDS = (50_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 FILES_BESIDE_CONNECTIONS = 256
@@ -426,6 +432,7 @@ class Node:
         assert storage is not None
         while True:
             await self._wake.wait()
+            await self._gather()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             batch = []
@@ -475,6 +482,20 @@ class Node:
             # One turn of the event loop between drive turns: the frames that arrived
             # meanwhile are read and stepped, and join the next turn's batch.
             await asyncio.sleep(0)
+
+    async def _gather(self) -> None:
+        """Let what the sockets already hold reach the Raft cores before a turn, so that
+        one turn, one fsync and one send per peer cover it. Bytes a select found take
+        two loop iterations to be stepped (the protocol callback wakes the reading
+        task, which runs in the next one); further iterations only while they bring
+        new shards. See GATHER_YIELDS."""
+        for _ in range(GATHER_YIELDS):
+            await asyncio.sleep(0)
+        for _ in range(GATHER_MORE_YIELDS):
+            before = len(self._dirty)
+            await asyncio.sleep(0)
+            if len(self._dirty) == before:
+                return
 
     def _send(self, messages: list[Any]) -> None:
         for message in messages:
