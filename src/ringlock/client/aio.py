@@ -534,6 +534,9 @@ class AsyncClient:
                     if n in self._map.nodes]
         if stale_ok and replicas:
             return self._rng.choice(replicas)
+        leader = self._map.leaders.get(shard)
+        if leader is not None and not avoid:  # a stale read with no replica known
+            return leader
         return self._rng.choice(replicas or list(self._map.nodes.values()) or self.seeds)
 
     async def _backoff(self, attempt: int, deadline: float) -> None:

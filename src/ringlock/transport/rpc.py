@@ -34,11 +34,15 @@ from ringlock.transport.auth import ConnectHandshake
 from ringlock.transport.tls import is_fatal, open_stream
 
 CONNECT_TIMEOUT_S = 2.0
+"""Connecting, with the TLS handshake and the secret's proof, within this."""
 TIMEOUT_GRANULARITY_S = 0.01
 """A call's timeout fires up to this much late: calls whose deadlines fall in one such
 slice share one timer, so the hot path pays a dict lookup and an append rather than a
 timer pushed onto the loop's heap and cancelled again per call."""
-"""Connecting, with the TLS handshake and the secret's proof, within this."""
+MAX_SHARED_TIMEOUT_S = 10.0
+"""Calls with a longer timeout (a lock acquire that waits forever) get a timer of their
+own, cancelled when they end: a shared slice keeps its entries until it comes due, so
+long ones would pile up with every call ever made rather than with those in flight."""
 FATAL_ERRORS = (Unauthorized, TlsError)
 """A node's refusals that no retry can fix (the same settings fail the same way): they
 fail the connection's calls as they are, not as Unavailable."""
@@ -161,6 +165,7 @@ class RpcConnection:
         if not self.broken and error is not None:
             self._broken_error = error
         self.broken = True
+        self._deadlines.clear()  # every call waiting is failed just below
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -182,24 +187,34 @@ class RpcConnection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting[request_id] = future
-        # Not asyncio.wait_for (a task-like wrapper and several callbacks per call) nor a
-        # timer per call: this is the client's hot path. See TIMEOUT_GRANULARITY_S.
-        slot = -int(-(loop.time() + timeout) // TIMEOUT_GRANULARITY_S)  # rounded up
-        due = self._deadlines.get(slot)
-        if due is None:
-            due = self._deadlines[slot] = []
-            loop.call_at(slot * TIMEOUT_GRANULARITY_S, self._expire, slot)
-        due.append((request_id, timeout))
+        # Not asyncio.wait_for (a task-like wrapper and several callbacks per call) nor,
+        # for the usual short timeouts, a timer per call: this is the client's hot path.
+        # See TIMEOUT_GRANULARITY_S and MAX_SHARED_TIMEOUT_S.
+        own_timer = None
+        if timeout > MAX_SHARED_TIMEOUT_S:
+            own_timer = loop.call_later(timeout, self._expire_one, request_id, timeout)
+        else:
+            slot = -int(-(loop.time() + timeout) // TIMEOUT_GRANULARITY_S)  # rounded up
+            due = self._deadlines.get(slot)
+            if due is None:
+                due = self._deadlines[slot] = []
+                loop.call_at(slot * TIMEOUT_GRANULARITY_S, self._expire, slot)
+            due.append((request_id, timeout))
         try:
             return await future
         finally:
             self._waiting.pop(request_id, None)
+            if own_timer is not None:
+                own_timer.cancel()
 
     def _expire(self, slot: int) -> None:
         for request_id, timeout in self._deadlines.pop(slot, ()):
-            future = self._waiting.get(request_id)
-            if future is not None and not future.done():
-                future.set_exception(TimeoutError(f"no answer within {timeout:.3f} s"))
+            self._expire_one(request_id, timeout)
+
+    def _expire_one(self, request_id: int, timeout: float) -> None:
+        future = self._waiting.get(request_id)
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError(f"no answer within {timeout:.3f} s"))
 
     async def stream(self, body: dict[str, Any], timeout: float, *,
                      cancel: Callable[[int], dict[str, Any]] | None = None) -> RpcStream:
