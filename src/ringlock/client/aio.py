@@ -526,16 +526,14 @@ class AsyncClient:
     shard_call = _shard_call
 
     def _pick(self, shard: int, stale_ok: bool, avoid: bool) -> str:
-        if not stale_ok and not avoid:
-            leader = self._map.leaders.get(shard)
-            if leader is not None:
-                return leader
+        leader = None if avoid else self._map.leaders.get(shard)
+        if leader is not None and not stale_ok:  # the hot path: no replica list built
+            return leader
         replicas = [self._map.nodes[n] for n in self._map.replicas.get(shard, ())
                     if n in self._map.nodes]
         if stale_ok and replicas:
             return self._rng.choice(replicas)
-        leader = self._map.leaders.get(shard)
-        if leader is not None and not avoid:  # a stale read with no replica known
+        if leader is not None:  # a stale read with no replica known
             return leader
         return self._rng.choice(replicas or list(self._map.nodes.values()) or self.seeds)
 

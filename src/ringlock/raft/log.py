@@ -169,8 +169,7 @@ class RaftLog:
         return last_new
 
     def _truncate_after(self, index: int) -> None:
-        if index < self.snapshot_index:
-            raise InvariantViolation(f"truncate at {index} below snapshot")
+        invariant(index >= self.snapshot_index, "truncate at %d below snapshot", index)
         del self.entries[index - self.snapshot_index :]
         self.stable_index = min(self.stable_index, index)
 

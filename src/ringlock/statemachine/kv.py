@@ -74,7 +74,6 @@ from typing import Any
 
 import msgpack
 
-from ringlock.errors import InvariantViolation
 from ringlock.invariant import invariant
 from ringlock.statemachine.history import DELETE, EXPIRE, PUT, WatchHistory
 from ringlock.statemachine.locks import (
@@ -184,8 +183,7 @@ class ShardStateMachine:
 
     def apply(self, index: int, command: bytes) -> Any:
         """Apply one committed entry; an empty command is Raft's no-op."""
-        if index <= self.applied_index:  # (invariant(), without formatting per entry)
-            raise InvariantViolation(f"apply of {index} after {self.applied_index}")
+        invariant(index > self.applied_index, "apply of %d after %d", index, self.applied_index)
         self.applied_index = index
         if not command:
             return None

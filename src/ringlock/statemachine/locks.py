@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
 
-from ringlock.errors import InvariantViolation, RinglockError
+from ringlock.errors import RinglockError
 from ringlock.invariant import invariant
 
 MAX_LOCK_NAME_BYTES = 1024
@@ -391,18 +391,16 @@ class LockTable:
 
     def _take_token(self, name: bytes, mode: str) -> int:
         token = self._next_token()
-        if token <= self.last_token:
-            raise InvariantViolation(
-                f"token {token} for lock {name!r} not above the last {self.last_token}")
+        invariant(token > self.last_token, "token %d for lock %r not above the last %d",
+                  token, name, self.last_token)
         self.last_token = token
         self.see_fence(name, token, mode)
         return token
 
     def _grant(self, name: bytes, lock: _Lock, waiter: int, lease: int, mode: str) -> Grant:
         """Make `waiter` a holder (already indexed under `lease`) with a new token."""
-        if not _compatible(lock, mode):
-            raise InvariantViolation(f"grant of lock {name!r} in mode {mode!r} while held in "
-                                     f"mode {lock.mode!r} by {len(lock.holders)}")
+        invariant(_compatible(lock, mode), "grant of lock %r in mode %r while held in mode %r "
+                  "by %d", name, mode, lock.mode, len(lock.holders))
         if not lock.holders:
             lock.mode = mode
         token = self._take_token(name, mode)
@@ -422,57 +420,35 @@ class LockTable:
         if lock.holders:
             self._check(name)
         else:
-            if lock.queue:
-                raise InvariantViolation(f"lock {name!r} without holders keeps a queue")
+            invariant(not lock.queue, "lock %r without holders keeps a queue", name)
             del self.locks[name]
         return grants
 
     def _check(self, name: bytes) -> None:
-        """Checked after every change of a lock: one pass without formatting anything,
-        the itemised invariants (and their messages) only when it fails."""
+        """Checked after every change of a lock. The messages are formatted only when an
+        invariant fails (`invariant`'s args): this runs on every acquire and release."""
         lock = self.locks[name]
         holders = len(lock.holders)
-        queue = lock.queue
+        invariant(holders >= 1, "lock %r exists without a holder", name)
+        invariant(lock.mode in MODES, "lock %r in unknown mode %r", name, lock.mode)
         if lock.mode == SEMAPHORE:
-            shape_ok = (holders <= lock.limit
-                        and all(m == SEMAPHORE for _, m in queue.values()))
-        else:
-            shape_ok = (lock.mode in MODES and lock.limit == 1
-                        and (lock.mode == SHARED or holders == 1)
-                        and all(m != SEMAPHORE for _, m in queue.values()))
-        tokens = [h.token for h in lock.holders.values()]
-        if (holders >= 1 and shape_ok and tokens == sorted(set(tokens))
-                and not lock.holders.keys() & queue.keys()
-                and (not queue or not _compatible(lock, next(iter(queue.values()))[1]))
-                and len(queue) <= MAX_WAITERS_PER_LOCK):
-            return
-        self._explain(name, lock)
-
-    def _explain(self, name: bytes, lock: _Lock) -> None:
-        """Raise InvariantViolation naming the first invariant of `_check` that fails."""
-        holders = len(lock.holders)
-        invariant(holders >= 1, f"lock {name!r} exists without a holder")
-        invariant(lock.mode in MODES, f"lock {name!r} in unknown mode {lock.mode!r}")
-        if lock.mode == SEMAPHORE:
-            invariant(holders <= lock.limit,
-                      f"semaphore {name!r} has {holders} holders, over its limit {lock.limit}")
+            invariant(holders <= lock.limit, "semaphore %r has %d holders, over its limit %d",
+                      name, holders, lock.limit)
             invariant(all(m == SEMAPHORE for _, m in lock.queue.values()),
-                      f"semaphore {name!r} has a waiter in another mode")
+                      "semaphore %r has a waiter in another mode", name)
         else:
-            invariant(lock.limit == 1, f"read-write lock {name!r} with limit {lock.limit}")
+            invariant(lock.limit == 1, "read-write lock %r with limit %d", name, lock.limit)
             invariant(lock.mode == SHARED or holders == 1,
-                      f"exclusive lock {name!r} has {holders} holders")
+                      "exclusive lock %r has %d holders", name, holders)
             invariant(all(m != SEMAPHORE for _, m in lock.queue.values()),
-                      f"read-write lock {name!r} has a semaphore waiter")
+                      "read-write lock %r has a semaphore waiter", name)
         tokens = [h.token for h in lock.holders.values()]
-        invariant(tokens == sorted(set(tokens)), f"tokens of lock {name!r} not increasing")
+        invariant(tokens == sorted(set(tokens)), "tokens of lock %r not increasing", name)
         both = lock.holders.keys() & lock.queue.keys()
-        invariant(not both, f"waiters {sorted(both)} both hold and wait for lock {name!r}")
+        invariant(not both, "waiters %s both hold and wait for lock %r", both, name)
         invariant(not lock.queue or not _compatible(lock, next(iter(lock.queue.values()))[1]),
-                  f"the head of lock {name!r}'s queue waits though it could hold")
-        invariant(len(lock.queue) <= MAX_WAITERS_PER_LOCK, f"lock {name!r} over its limit")
-        raise InvariantViolation(f"lock {name!r} failed _check, yet every itemised invariant "
-                                 "holds: the two disagree")
+                  "the head of lock %r's queue waits though it could hold", name)
+        invariant(len(lock.queue) <= MAX_WAITERS_PER_LOCK, "lock %r over its limit", name)
 
     def _index(self, lease: int, name: bytes, waiter: int) -> None:
         self.by_lease.setdefault(lease, set()).add((name, waiter))
