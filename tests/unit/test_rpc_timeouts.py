@@ -34,16 +34,24 @@ async def node(answer: bool) -> AsyncIterator[str]:
         server.close()
 
 
+@asynccontextmanager
+async def connected(answer: bool) -> AsyncIterator[RpcConnection]:
+    """A connection to such a node, closed afterwards."""
+    async with node(answer) as address:
+        connection = RpcConnection(address)
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+
 def test_an_unanswered_call_times_out_on_time_within_one_slice() -> None:
     async def scenario() -> float:
-        async with node(answer=False) as address:
-            connection = RpcConnection(address)
+        async with connected(answer=False) as connection:
             started = time.monotonic()
             with pytest.raises(TimeoutError, match=r"no answer within 0\.050 s"):
                 await connection.call({"op": "get"}, 0.05)
-            took = time.monotonic() - started
-            await connection.close()
-            return took
+            return time.monotonic() - started
 
     took = asyncio.run(scenario())
     assert 0.05 <= took < 0.05 + rpc.TIMEOUT_GRANULARITY_S + 0.5  # the loop's own lag
@@ -51,8 +59,7 @@ def test_an_unanswered_call_times_out_on_time_within_one_slice() -> None:
 
 def test_a_long_timeout_times_out_too_and_leaves_no_entry() -> None:
     async def scenario() -> None:
-        async with node(answer=False) as address:
-            connection = RpcConnection(address)
+        async with connected(answer=False) as connection:
             long = rpc.MAX_SHARED_TIMEOUT_S + 1
             call = asyncio.ensure_future(connection.call({"op": "get"}, long))
             await asyncio.sleep(0.05)
@@ -62,30 +69,26 @@ def test_a_long_timeout_times_out_too_and_leaves_no_entry() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await call
             assert connection._waiting == {}
-            await connection.close()
 
     asyncio.run(scenario())
 
 
 def test_answered_calls_leave_nothing_once_their_slices_come_due() -> None:
     async def scenario() -> None:
-        async with node(answer=True) as address:
-            connection = RpcConnection(address)
+        async with connected(answer=True) as connection:
             answers = await asyncio.gather(*(connection.call({"op": "put"}, 0.05)
                                              for _ in range(200)))
             assert answers == ["put"] * 200
             assert connection._waiting == {}
             await asyncio.sleep(0.05 + 2 * rpc.TIMEOUT_GRANULARITY_S)
             assert connection._deadlines == {}
-            await connection.close()
 
     asyncio.run(scenario())
 
 
 def test_a_broken_connection_fails_its_calls_and_drops_their_slices() -> None:
     async def scenario() -> None:
-        async with node(answer=False) as address:
-            connection = RpcConnection(address)
+        async with connected(answer=False) as connection:
             calls = [asyncio.ensure_future(connection.call({"op": "get"}, 5.0))
                      for _ in range(3)]
             await asyncio.sleep(0.05)
