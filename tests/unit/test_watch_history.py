@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ringlock.statemachine import ShardStateMachine
-from ringlock.statemachine.history import Change, WatchHistory
+from ringlock.statemachine.history import MAX_WATCH_HISTORY, Change, HistoryBudget, WatchHistory
 from ringlock.statemachine.kv import encode
 
 
@@ -14,7 +14,7 @@ class Log:
     """Apply commands to a fresh machine with consecutive indexes."""
 
     def __init__(self, machine: ShardStateMachine | None = None) -> None:
-        self.machine = machine or ShardStateMachine()
+        self.machine = machine if machine is not None else ShardStateMachine()
         self.index = self.machine.applied_index
 
     def __call__(self, op: str, *args: object, client: int = 0, seq: int = 0) -> object:
@@ -70,7 +70,7 @@ def test_a_retried_write_and_a_failed_write_record_nothing() -> None:
 
 
 def test_the_history_is_bounded_by_count_and_raises_its_floor() -> None:
-    history = WatchHistory(max_events=3)
+    history = WatchHistory(budget=HistoryBudget(max_events=3))
     for revision in range(1, 6):
         history.record(revision, "put", b"k", b"v", 0)
     assert [c.revision for c in history] == [3, 4, 5]
@@ -79,7 +79,7 @@ def test_the_history_is_bounded_by_count_and_raises_its_floor() -> None:
 
 
 def test_the_history_is_bounded_by_bytes_but_keeps_the_newest_change() -> None:
-    history = WatchHistory(max_bytes=1000)
+    history = WatchHistory(budget=HistoryBudget(max_bytes=1000))
     history.record(1, "put", b"a", b"x" * 600, 0)
     history.record(2, "put", b"b", b"y" * 600, 0)
     assert [c.revision for c in history] == [2] and history.floor == 1
@@ -95,13 +95,59 @@ def test_revisions_must_rise() -> None:
         history.record(5, "put", b"a", b"", 0)
 
 
-def test_the_machine_keeps_ten_thousand_changes() -> None:
+def test_a_machine_on_its_own_keeps_the_budgets_default_count() -> None:
     run = Log()
-    for n in range(10_050):
+    for n in range(MAX_WATCH_HISTORY + 50):
         run("put", b"k%d" % (n % 10), b"v", 0, False)
     history = run.machine.history
-    assert len(history) == 10_000 and history.floor == 50
-    assert history.last_revision == run.machine.revision == 10_050
+    assert len(history) == MAX_WATCH_HISTORY and history.floor == 50
+    assert history.last_revision == run.machine.revision == MAX_WATCH_HISTORY + 50
+
+
+def test_a_put_is_kept_as_the_shards_record_not_a_copy() -> None:
+    run = Log()
+    run("put", b"a", b"x" * 100, 0, False)
+    (kept,) = run.machine.history._changes
+    assert kept[1] is run.machine.data[b"a"]  # one object: the change costs a reference
+    assert list(run.machine.history) == [Change(1, "put", b"a", b"x" * 100, 0)]
+    run("put", b"a", b"y", 0, False)  # the old record lives on in the history only
+    assert [c.value for c in run.machine.history] == [b"x" * 100, b"y"]
+
+
+def test_shards_sharing_a_budget_forget_the_nodes_oldest_change_first() -> None:
+    budget = HistoryBudget(max_events=4)
+    hot, cold = Log(ShardStateMachine(budget)), Log(ShardStateMachine(budget))
+    cold("put", b"c", b"1", 0, False)
+    for n in range(4):
+        hot("put", b"h%d" % n, b"v", 0, False)
+    # the cold shard's change was the node's oldest: it went, and its floor rose
+    assert len(cold.machine.history) == 0 and cold.machine.history.floor == 1
+    assert [c.revision for c in hot.machine.history] == [1, 2, 3, 4]
+    hot("put", b"h4", b"v", 0, False)
+    assert hot.machine.history.floor == 1 and budget.events == 4
+    assert budget.bytes == sum(h.size_bytes for h in (hot.machine.history, cold.machine.history))
+
+
+def test_the_budgets_bytes_are_shared_too() -> None:
+    budget = HistoryBudget(max_bytes=1000)
+    first, second = WatchHistory(budget=budget), WatchHistory(budget=budget)
+    first.record(1, "put", b"a", b"x" * 500, 0)
+    second.record(1, "put", b"b", b"y" * 500, 0)
+    assert len(first) == 0 and first.floor == 1 and len(second) == 1
+    assert budget.bytes == second.size_bytes
+
+
+def test_a_replaced_history_leaves_the_budget_as_its_changes_age() -> None:
+    budget = HistoryBudget(max_events=3)
+    run = Log(ShardStateMachine(budget))
+    for n in range(3):
+        run("put", b"k%d" % n, b"v", 0, False)
+    restored = ShardStateMachine.restore(run.machine.snapshot(), history_budget=budget)
+    assert restored.history.budget is budget and budget.events == 3
+    more = Log(restored)
+    more("put", b"new", b"v", 0, False)
+    assert budget.events == 3 and len(run.machine.history) == 2  # the old shard's oldest went
+    assert [c.revision for c in restored.history] == [4]
 
 
 def test_a_restored_replica_starts_with_an_empty_history_floored_at_the_snapshot() -> None:

@@ -167,7 +167,7 @@ def test_a_lagging_connection_ends_the_watch_and_history_serves_the_resume() -> 
 
 def test_a_watcher_behind_the_floor_is_compacted() -> None:
     _, hub, connection, replica = setup()
-    replica.sm.history.max_events = 2
+    replica.sm.history.budget.max_events = 2
     for _ in range(3):
         replica.write(b"a")
     (refused,) = watch(hub, connection, start_revision=1)

@@ -36,8 +36,11 @@ DEFAULT_DEAD_AFTER_S = 60.0
 elsewhere. Long enough to ride out a restart or a GC pause; tests set seconds."""
 DEFAULT_MAX_MOVES = 2
 """Shard replicas moving at once (K in the ring issue)."""
-DEFAULT_COMPACT_EVERY = 4_096
-"""A shard snapshots its state and cuts its log after this many applied entries."""
+DEFAULT_COMPACT_EVERY = 2_048
+"""A shard snapshots its state and cuts its log after this many applied entries. The log
+in memory is most of what a node holds beyond its keys (about 280 bytes an entry, times
+this, times its shards): 4,096 put a node with a million keys over 400 MB
+(docs/PERFORMANCE.md); fewer means more snapshots, each a copy of the shard."""
 MAX_SECRET_CHARS = 1024
 """A secret is sent in a header line: longer ones would not fit aiohttp's line limit."""
 

@@ -22,6 +22,7 @@ at least as new as the replica's own no longer lists it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from ringlock.sharding.rebalance import (
     ShardView,
     plan_actions,
 )
+from ringlock.statemachine.history import HistoryBudget
 from ringlock.statemachine.kv import ShardStateMachine
 from ringlock.storage import GroupState
 
@@ -113,6 +115,9 @@ class Membership:
         self.meta: ShardReplica[MetaStateMachine] | None = None
         self.leaders: dict[int, int] = {}
         """shard -> leader id, as the meta leader last told us (for clients' maps)."""
+        self.watch_history = HistoryBudget()
+        """The bound that every KV shard's change history on this node shares
+        (statemachine/history.py says why per node)."""
         # Meta leader only:
         self._heard: dict[int, float] = {}
         self._views: dict[int, tuple[float, int, ShardView]] = {}
@@ -238,7 +243,11 @@ class Membership:
                 **common)
             self.meta = replica
         else:
-            replica = ShardReplica(raft_config, [], **common)
+            budget = self.watch_history
+            replica = ShardReplica(
+                raft_config, [],
+                restore=functools.partial(ShardStateMachine.restore, history_budget=budget),
+                empty=functools.partial(ShardStateMachine, budget), **common)
             replica.listener = self.node.locks
         return replica
 

@@ -8,11 +8,21 @@ to bridge a reconnect; older history would cost memory on every replica and byte
 every snapshot. Like etcd's compaction, a watch that asks for revisions older than the
 record holds gets `Compacted` and must re-read the keys and start again.
 
+Why the bound is per node (`HistoryBudget`), not per shard: a node holds dozens of
+shards and writes are rarely spread evenly over them. A per-shard bound big enough for a
+hot shard costs that much on every idle one too: 10,000 changes for each of 64 shards
+was 175 MB per node (docs/PERFORMANCE.md). The node forgets its oldest change first,
+whichever shard it belongs to, so every shard keeps about the same span of time.
+
+Why a put is kept as the record the shard stored (records.py), not as a copy of its
+value: while the key is not written again, the change costs a reference.
+
 `floor`: every change with a revision above `floor` is in the record. A fresh shard
 starts at 0 (it has no past); a replica restored from a snapshot starts at the
-snapshot's revision (its past went with the log the snapshot replaced); evicting the
+snapshot's revision (its past went with the log the snapshot replaced); forgetting the
 oldest change raises the floor to that change's revision. The floor may differ between
-replicas (snapshots are taken at different times): it is a cache, not replicated state.
+replicas (snapshots are taken at different times, and each node's other shards share its
+budget): it is a cache, not replicated state.
 
 Deterministic and free of I/O, as the rest of the state machine.
 """
@@ -24,12 +34,16 @@ from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
-MAX_WATCH_HISTORY = 10_000
-"""Changes remembered per shard: enough to bridge a leader's failover at thousands of
-writes a second (elections take about a second)."""
-MAX_WATCH_HISTORY_BYTES = 8 * 1024 * 1024
-"""Key and value bytes remembered per shard, whichever of the two limits comes first:
-10,000 values of a megabyte would otherwise pin 10 GB on every replica."""
+from ringlock.invariant import invariant
+from ringlock.statemachine.records import META, value_of
+
+MAX_WATCH_HISTORY = 100_000
+"""Changes one node remembers, over all its shards: about 12 s of history at 8,000
+writes a second, against elections of about a second, and about 7 MB while the keys
+are not written again."""
+MAX_WATCH_HISTORY_BYTES = 64 * 1024 * 1024
+"""Key and value bytes one node remembers, whichever of the two limits comes first:
+100,000 values of a megabyte would otherwise pin 100 GB."""
 EVENT_OVERHEAD_BYTES = 64
 """What one change costs beyond its key and value, for the byte limit."""
 
@@ -52,36 +66,88 @@ class Change(NamedTuple):
     lease: int
 
 
-class WatchHistory:
-    def __init__(self, floor: int = 0, *, max_events: int = MAX_WATCH_HISTORY,
+_Kept = Change | tuple[bytes, bytes]
+"""A remembered change: a `Change`, or a put as (key, the record the shard stored)."""
+
+
+class HistoryBudget:
+    """The limits that the histories of one node's shards share, and the order in which
+    they recorded: over a limit, the node's oldest change is forgotten."""
+
+    def __init__(self, max_events: int = MAX_WATCH_HISTORY,
                  max_bytes: int = MAX_WATCH_HISTORY_BYTES) -> None:
-        self.floor = floor
+        invariant(max_events >= 1 and max_bytes >= 1, "an empty history budget")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._changes: deque[Change] = deque()
+        self.bytes = 0
+        self._order: deque[WatchHistory] = deque()
+        """The history of each remembered change, oldest change first. A history that was
+        replaced (a snapshot restored, a replica dropped) stays here until its changes,
+        the oldest, are forgotten in turn."""
+
+    @property
+    def events(self) -> int:
+        return len(self._order)
+
+    def _charge(self, history: WatchHistory, cost: int) -> None:
+        order = self._order
+        order.append(history)
+        self.bytes += cost
+        while len(order) > self.max_events or (self.bytes > self.max_bytes
+                                               and len(order) > 1):
+            self.bytes -= order.popleft()._forget_oldest()
+
+
+class WatchHistory:
+    def __init__(self, floor: int = 0, budget: HistoryBudget | None = None) -> None:
+        self.floor = floor
+        self.budget = budget if budget is not None else HistoryBudget()
+        """Shared by the node's shards; a machine on its own (tests, the simulator) has
+        one of its own."""
+        self._changes: deque[_Kept] = deque()
         self._bytes = 0
+        self._last = floor
 
     def record(self, revision: int, kind: str, key: bytes, value: bytes | None,
                lease: int) -> None:
         """Remember a change, at a revision above every one remembered, and forget the
-        oldest ones beyond the limits."""
-        changes = self._changes
-        if changes and revision <= changes[-1].revision:
-            raise ValueError(f"change at revision {revision} after "
-                             f"{changes[-1].revision}")
-        changes.append(_new_change((revision, kind, key, value, lease)))
-        self._bytes += _cost(key, value)
-        while len(changes) > self.max_events or (
-                self._bytes > self.max_bytes and len(changes) > 1):
-            oldest = changes.popleft()
-            self._bytes -= _cost(oldest.key, oldest.value)
-            self.floor = oldest.revision
+        node's oldest ones beyond the budget."""
+        self._remember(revision, _new_change((revision, kind, key, value, lease)),
+                       _cost(key, value))
+
+    def record_put(self, revision: int, key: bytes, stored: bytes) -> None:
+        """Remember a put by the record the shard stored for it (records.py), which
+        carries the revision, lease and value; it is kept, not copied."""
+        self._remember(revision, (key, stored), _put_cost(key, stored))
+
+    def _remember(self, revision: int, kept: _Kept, cost: int) -> None:
+        if revision <= self._last:
+            raise ValueError(f"change at revision {revision} after {self._last}")
+        self._last = revision
+        self._changes.append(kept)
+        self._bytes += cost
+        self.budget._charge(self, cost)
+
+    def _forget_oldest(self) -> int:
+        """Called by the budget: drop the oldest change, raise the floor to it, and
+        return its cost."""
+        kept = self._changes.popleft()
+        if isinstance(kept, Change):
+            self.floor = kept.revision
+            cost = _cost(kept.key, kept.value)
+        else:  # a put: read without copying its value
+            key, stored = kept
+            self.floor = META.unpack_from(stored)[1]
+            cost = _put_cost(key, stored)
+        self._bytes -= cost
+        return cost
 
     def since(self, revision: int) -> list[Change]:
         """Every remembered change at `revision` or later, oldest first. Cheap when few
         are that recent: the record is walked from its newest end."""
         found = []
-        for change in reversed(self._changes):
+        for kept in reversed(self._changes):
+            change = _change(kept)
             if change.revision < revision:
                 break
             found.append(change)
@@ -90,8 +156,8 @@ class WatchHistory:
 
     @property
     def last_revision(self) -> int:
-        """The newest change's revision (the floor when nothing is remembered)."""
-        return self._changes[-1].revision if self._changes else self.floor
+        """The newest change's revision (the floor when nothing was recorded since)."""
+        return self._last
 
     @property
     def size_bytes(self) -> int:
@@ -101,12 +167,25 @@ class WatchHistory:
         return len(self._changes)
 
     def __iter__(self) -> Iterator[Change]:
-        return iter(self._changes)
+        return map(_change, self._changes)
 
 
 _new_change = functools.partial(tuple.__new__, Change)
 """`Change(...)` without the Python-level `__new__` NamedTuple adds: one per write."""
 
 
+def _change(kept: _Kept) -> Change:
+    if isinstance(kept, Change):
+        return kept
+    key, stored = kept
+    _, mod, _, lease = META.unpack_from(stored)
+    return _new_change((mod, PUT, key, value_of(stored), lease))
+
+
 def _cost(key: bytes, value: bytes | None) -> int:
     return len(key) + (len(value) if value is not None else 0) + EVENT_OVERHEAD_BYTES
+
+
+def _put_cost(key: bytes, stored: bytes) -> int:
+    """`_cost` of a put kept as its stored record."""
+    return len(key) + len(stored) - META.size + EVENT_OVERHEAD_BYTES

@@ -68,14 +68,13 @@ Must never import asyncio, time, socket, os or anything that does I/O.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from ringlock.invariant import invariant
-from ringlock.statemachine.history import DELETE, EXPIRE, PUT, WatchHistory
+from ringlock.statemachine.history import DELETE, EXPIRE, HistoryBudget, WatchHistory
 from ringlock.statemachine.locks import (
     Acquired,
     FencedOut,
@@ -88,6 +87,7 @@ from ringlock.statemachine.locks import (
     StateMachineError,
     parse_fence,
 )
+from ringlock.statemachine.records import META
 
 MAX_DEDUP_ENTRIES_PER_CLIENT = 1024
 """Results remembered per client: a client retries only its recent requests."""
@@ -144,18 +144,18 @@ class Compare:
 
 
 class ShardStateMachine:
-    def __init__(self) -> None:
+    def __init__(self, history_budget: HistoryBudget | None = None) -> None:
         self.revision = 0
         self.applied_index = 0
         self.data: dict[bytes, bytes] = {}
-        """key -> `_META` (create, mod, version, lease) + value: one bytes object per key,
+        """key -> its record (records.py): one bytes object per key,
         so a million keys cost about 300 MB rather than 400 (see docs/PERFORMANCE.md)."""
         self.leases: dict[int, tuple[int, set[bytes]]] = {}
         """lease id -> (ttl in ms, keys attached)."""
         self.dedup: dict[int, dict[int, Any]] = {}
         """client id -> {request seq -> result}."""
         self.locks = LockTable(self._next_revision)
-        self.history = WatchHistory()
+        self.history = WatchHistory(budget=history_budget)
         """Recent key changes for watches (statemachine/history.py); not in snapshots."""
 
     # ------------------------------------------------------------------ reading
@@ -295,15 +295,15 @@ class ShardStateMachine:
         self.revision = revision = self.revision + 1
         raw = self.data.get(key)
         if raw is None:
-            self.data[key] = _META.pack(revision, revision, 1, lease) + value
+            self.data[key] = stored = META.pack(revision, revision, 1, lease) + value
         else:  # the previous record's fields, without copying its value unless asked
-            create, _, version, old_lease = _META.unpack_from(raw)
+            create, _, version, old_lease = META.unpack_from(raw)
             if old_lease and old_lease != lease:
                 self.leases[old_lease][1].discard(key)
-            self.data[key] = _META.pack(create, revision, version + 1, lease) + value
+            self.data[key] = stored = META.pack(create, revision, version + 1, lease) + value
         if lease:
             self.leases[lease][1].add(key)
-        self.history.record(revision, PUT, key, value, lease)
+        self.history.record_put(revision, key, stored)
         return _unpack(key, raw) if prev_kv and raw is not None else None
 
     def _delete(self, key: bytes, prev_kv: bool, ended_lease: int = 0) -> KeyValue | bool | None:
@@ -362,24 +362,24 @@ class ShardStateMachine:
         ])
 
     @staticmethod
-    def restore(data: bytes) -> ShardStateMachine:
+    def restore(data: bytes, history_budget: HistoryBudget | None = None) -> ShardStateMachine:
         fields = msgpack.unpackb(data, strict_map_key=False)
-        machine = ShardStateMachine()
+        machine = ShardStateMachine(history_budget)
         if len(fields) == 5:  # the first format: one record per key
             revision, applied, keys, leases, dedup = fields
-            machine.data = {k: _META.pack(create, mod, version, lease) + value
+            machine.data = {k: META.pack(create, mod, version, lease) + value
                             for k, value, create, mod, version, lease in keys}
         else:  # 2: keys as (key, packed record); 3: and locks
             version, revision, applied, flat, leases, dedup, *rest = fields
             invariant(version in (2, SNAPSHOT_FORMAT), f"unknown snapshot format {version}")
             invariant(len(rest) == (version == SNAPSHOT_FORMAT), f"format {version} misshapen")
-            invariant(all(len(p) >= _META.size for p in flat[1::2]), "truncated key record")
+            invariant(all(len(p) >= META.size for p in flat[1::2]), "truncated key record")
             machine.data = dict(zip(flat[::2], flat[1::2], strict=True))
             if rest:
                 machine.locks = LockTable.from_record(rest[0], machine._next_revision)
         machine.revision = revision
         machine.applied_index = applied
-        machine.history = WatchHistory(floor=revision)  # the past before it is gone
+        machine.history = WatchHistory(revision, history_budget)  # the past before it is gone
         machine.leases = {lease: (ttl, set(attached)) for lease, ttl, attached in leases}
         machine.dedup = {client: dict(map(tuple, results)) for client, results in dedup}
         invariant(machine.locks.last_token <= machine.revision, "a lock token above revision")
@@ -397,8 +397,6 @@ _FENCED_ARITY = {"put": 4, "delete": 2, "cas": 5}
 _ERROR_KINDS: dict[str, type[StateMachineError]] = {
     "error": StateMachineError, "fenced_out": FencedOut, "not_holder": NotHolder,
     "lock_limit": LockLimitExceeded, "lease_not_found": LeaseNotFound}
-_META = struct.Struct(">QQQQ")
-"""create revision, mod revision, version, lease: stored in front of the value."""
 
 
 def _is_id(value: Any) -> bool:
@@ -436,8 +434,8 @@ def _at_most_one(op: str, optional: list[Any]) -> None:
 
 
 def _unpack(key: bytes, raw: bytes) -> KeyValue:
-    create, mod, version, lease = _META.unpack_from(raw)
-    return KeyValue(key, raw[_META.size:], create, mod, version, lease)
+    create, mod, version, lease = META.unpack_from(raw)
+    return KeyValue(key, raw[META.size:], create, mod, version, lease)
 
 
 def _to_record(result: Any) -> Any:
