@@ -12,10 +12,8 @@ secret are written with mode 0600, before any byte of them is written.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ringlock.errors import ConfigError
+from ringlock.files import write_atomically
 
 CA_VALID_DAYS = 3650
 """Ten years: a private test CA should not expire under a long-lived dev setup."""
@@ -75,15 +74,15 @@ def make_certs(directory: str | Path, *, nodes: int = 3,
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
                               critical=False)
                .sign(ca_key, hashes.SHA256()))
-    write_file(out / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    write_file(out / "ca-key.pem", _key_bytes(ca_key), private=True)
+    write_atomically(out / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(out / "ca-key.pem", _key_bytes(ca_key), private=True)
     node_files = {}
     for node in range(1, nodes + 1):
         node_files[node] = _leaf(out, f"node-{node}", f"ringlock node {node}", hosts,
                                  ca_cert, ca_key, now)
     client = _leaf(out, "client", "ringlock client", (), ca_cert, ca_key, now)
     secret = out / "secret"
-    write_file(secret, (secrets.token_hex(SECRET_BYTES) + "\n").encode(), private=True)
+    write_atomically(secret, (secrets.token_hex(SECRET_BYTES) + "\n").encode(), private=True)
     return CertFiles(out / "ca.pem", out / "ca-key.pem", node_files, client, secret)
 
 
@@ -113,8 +112,8 @@ def _leaf(out: Path, stem: str, common_name: str, hosts: tuple[str, ...],
             x509.SubjectAlternativeName([_san(host) for host in hosts]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = out / f"{stem}.pem", out / f"{stem}-key.pem"
-    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    write_file(key_path, _key_bytes(key), private=True)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(key_path, _key_bytes(key), private=True)
     return cert_path, key_path
 
 
@@ -128,22 +127,3 @@ def _san(host: str) -> x509.GeneralName:
 def _key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def write_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Written in full to a temporary file, then renamed: a key file is never readable
-    by others, not even for an instant, and never half written."""
-    tmp = path.with_name(path.name + ".tmp")
-    # A stale temporary file (or a link planted in a shared directory) is removed, not
-    # followed: the key is written only to a file made here, for us alone.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                 0o600 if private else 0o644)
-    try:
-        os.fchmod(fd, 0o600 if private else 0o644)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlock.errors import ConfigError, RequestError
+from ringlock.files import write_atomically
 from ringlock.raft.messages import Role
 from ringlock.server.config import read_secret_file
 from ringlock.sharding.meta import META_GROUP
@@ -151,9 +152,7 @@ class DevCluster:
 
     @staticmethod
     def _write_secret(path: Path, secret: str) -> None:
-        from ringlock.certs import write_file
-
-        write_file(path, (secret + "\n").encode(), private=True)
+        write_atomically(path, (secret + "\n").encode(), private=True)
 
     @property
     def tls_ca(self) -> str | None:
@@ -172,9 +171,7 @@ class DevCluster:
                  "secure": self.secret is not None,
                  "tls_dir": str(self.tls_dir) if self.tls_dir else None}
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._shape_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(shape, indent=2))
-        os.replace(tmp, self._shape_file)
+        write_atomically(self._shape_file, json.dumps(shape, indent=2).encode())
 
     @property
     def addresses(self) -> list[str]:

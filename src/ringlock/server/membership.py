@@ -25,13 +25,13 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ringlock.errors import BadRequest, ConfigError, ProposalDropped, RequestError, Unavailable
+from ringlock.files import write_atomically
 from ringlock.raft.config import RaftConfig
 from ringlock.raft.core import Raft
 from ringlock.raft.messages import Configuration, HardState, Role, Snapshot, SnapshotMeta
@@ -87,13 +87,7 @@ that just found the new leader another retry."""
 def atomic_write_json(path: Path, data: Any, *, durable: bool) -> None:
     """Write a small file whole or not at all. `durable=False` skips the fsync: right for
     a cache that an older copy serves as well (the map, written at every map change)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as file:
-        json.dump(data, file)
-        if durable:
-            file.flush()
-            os.fsync(file.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data).encode(), durable=durable)
 
 
 def view_of(raft: Raft) -> ShardView:

@@ -4,11 +4,13 @@ One turn of the drive loop, for every shard that has work (the documented Ready 
 
   1. take each shard's Ready; hand its entries, hard state and snapshot to the node's
      one write-ahead log; a leader's APPENDs may leave now (thesis §10.2.1);
-  2. one fsync, in a worker thread, covers every shard's writes of this turn (group
-     commit). The loop keeps receiving and stepping messages meanwhile; no Ready is
-     finished, and so no client is answered and no follower acknowledges, before it;
-  3. send the remaining messages, apply committed entries, answer clients, serve reads,
-     advance the cores; then one frame per peer carries every shard's messages.
+  2. apply committed entries and answer them, and reads: a committed entry is durable
+     on a quorum, so its answer may leave before this node's fsync (etcd's server too);
+  3. one fsync, inline (a worker thread measured slower, docs/PERFORMANCE.md), covers
+     every shard's writes of this turn (group commit); no follower acknowledges before
+     it;
+  4. send the remaining messages, advance the cores; one frame per peer carries every
+     shard's messages.
 
 Linearizable reads use ReadIndex (docs/PROTOCOL.md): the leader confirms with a quorum
 that it still leads, then serves from its state machine once applied up to the commit

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import TracebackType
 
 from ringlock.errors import ConfigError, InvariantViolation
+from ringlock.files import fsync_dir, write_all_at
 from ringlock.invariant import invariant
 from ringlock.raft.messages import Entry, HardState, Snapshot
 from ringlock.storage import records
-from ringlock.storage._fs import fsync_dir, write_all_at
 from ringlock.storage.errors import StorageCorruption, StorageError, describe_os_error
 from ringlock.storage.records import CheckpointItem
 from ringlock.storage.replay import GroupLog, Segment, WalState, replay_wal, segment_path

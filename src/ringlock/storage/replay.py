@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+from ringlock.files import fsync_file
 from ringlock.raft.messages import Entry, HardState
 from ringlock.storage import records
-from ringlock.storage._fs import fsync_file
 from ringlock.storage.errors import StorageCorruption
 from ringlock.storage.records import (
     CheckpointRecord,

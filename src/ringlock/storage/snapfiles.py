@@ -19,8 +19,8 @@ from typing import Any
 
 import msgpack
 
+from ringlock.files import fsync_dir, write_all
 from ringlock.raft.messages import Configuration, Snapshot, SnapshotMeta
-from ringlock.storage._fs import fsync_dir, write_all
 from ringlock.storage.errors import StorageCorruption, StorageError
 
 SNAPSHOT_MAGIC = b"RLSNAP01"
