@@ -46,18 +46,20 @@ def write_atomically(path: Path, data: bytes, *, private: bool = False,
                      durable: bool = True) -> None:
     """Replace `path` with `data`, whole or not at all: written in full to a temporary
     file, then renamed over it. `private`: mode 0600 from the file's creation, so a key
-    is never readable by others, not even for an instant. `durable`: synced, name
-    included, before this returns; False suits a cache an older copy serves as well."""
+    is never readable by others, not even for an instant; otherwise the umask decides.
+    `durable`: synced, name included, before this returns; False suits a cache an older
+    copy serves as well."""
     tmp = path.with_name(path.name + ".tmp")
     # A stale temporary file (or a link planted in a shared directory) is removed, not
     # followed: the data goes only to a file made here, for us alone.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    mode = 0o600 if private else 0o644
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o600 if private else 0o666)  # the umask narrows a public one
     try:
         try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it
+            if private:
+                os.fchmod(fd, 0o600)  # whatever the umask
             write_all(fd, data)
             if durable:
                 os.fsync(fd)

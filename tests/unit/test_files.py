@@ -36,15 +36,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["identity.json"]
 
 
-def test_a_private_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+def test_a_private_file_is_0600_whatever_the_umask_and_a_public_one_follows_it(
+        tmp_path: Path) -> None:
     old_umask = os.umask(0)
     try:
         write_atomically(tmp_path / "key.pem", b"secret", private=True)
-        write_atomically(tmp_path / "cert.pem", b"public")
+        write_atomically(tmp_path / "open.json", b"{}")
+        os.umask(0o077)
+        write_atomically(tmp_path / "closed.json", b"{}")
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "cert.pem").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "open.json").stat().st_mode) == 0o666
+    assert stat.S_IMODE((tmp_path / "closed.json").stat().st_mode) == 0o600
 
 
 def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:

@@ -171,3 +171,31 @@ def test_every_replica_records_the_same_history() -> None:
         for op, *args in commands:
             run(op, *args)
     assert list(runs[0].machine.history) == list(runs[1].machine.history)
+
+
+def test_a_closed_machine_gives_its_changes_back_at_once() -> None:
+    budget = HistoryBudget(max_events=4)
+    gone, staying = Log(ShardStateMachine(budget)), Log(ShardStateMachine(budget))
+    for n in range(3):
+        gone("put", b"g%d" % n, b"x" * 100, 0, False)
+    gone.machine.close()  # the replica left the node, or a snapshot replaced its state
+    assert budget.events == 0 and budget.bytes == 0 and len(gone.machine.history) == 0
+    for n in range(4):  # room for four again: nothing of the closed shard is kept
+        staying("put", b"s%d" % n, b"v", 0, False)
+    assert [c.revision for c in staying.machine.history] == [1, 2, 3, 4]
+    staying("put", b"s4", b"v", 0, False)
+    assert staying.machine.history.floor == 1 and budget.events == 4
+    assert len(budget._order) == 4  # the closed shard's places went as they came up
+    with pytest.raises(Exception, match="released"):
+        gone("put", b"g9", b"v", 0, False)
+
+
+def test_since_copies_out_only_the_changes_of_keys_that_match() -> None:
+    run = Log()
+    for n in range(6):
+        run("put", b"%s%d" % (b"ab"[n % 2 : n % 2 + 1], n), b"v%d" % n, 0, False)
+    run("delete", b"a0", False)
+    history = run.machine.history
+    wanted = history.since(2, lambda key: key.startswith(b"a"))
+    assert wanted == [c for c in history.since(2) if c.key.startswith(b"a")]
+    assert [(c.revision, c.kind) for c in wanted] == [(3, "put"), (5, "put"), (7, "delete")]

@@ -363,6 +363,7 @@ class Node:
         replica = self.replicas.pop(group)
         gone = WrongShard(f"node {self.id} no longer holds group {group}")
         replica.fail_all(gone)
+        replica.sm.close()
         self.locks.on_replica_dropped(group, gone)
         self.watches.on_dropped(group)
         self._dirty.discard(group)

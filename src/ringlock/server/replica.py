@@ -38,6 +38,9 @@ class Machine(Protocol):
 
     def snapshot(self) -> bytes: ...
 
+    def close(self) -> None:
+        """The replica is done with this machine: it was replaced or the replica left."""
+
 
 class ApplyListener(Protocol):
     """Told of what a replica applies: the node's open lock waits (`LockOps`)."""
@@ -175,6 +178,7 @@ class ShardReplica(Generic[M]):
         safe, as etcd's server does; only `advance` must wait for the fsync.
         """
         if rd.snapshot is not None:
+            self.sm.close()
             self.sm = self._restore(rd.snapshot.data)
             covered = rd.snapshot.meta.index
             self._fail_proposals(lambda index: index <= covered)

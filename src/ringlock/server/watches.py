@@ -49,7 +49,7 @@ from ringlock.raft.messages import Role
 from ringlock.server import requests as rq
 from ringlock.server.requests import error_body
 from ringlock.sharding.keys import shard_of
-from ringlock.statemachine.history import Change
+from ringlock.statemachine.history import MAX_WATCH_HISTORY_BYTES, Change
 
 if TYPE_CHECKING:
     from ringlock.server.connection import Connection
@@ -66,11 +66,12 @@ MAX_WATCHES_PER_CONNECTION = 1024
 shard."""
 MAX_WATCHES_PER_NODE = 65_536
 """Watches open on one node over all its connections; one more gets TooLarge."""
-MAX_WATCH_BACKLOG_BYTES = 16 * 1024 * 1024
+MAX_WATCH_BACKLOG_BYTES = MAX_WATCH_HISTORY_BYTES
 """Bytes written to a connection and not yet taken by its reader, above which a watch
 with more to send on it is ended with WatchLagged (the client resumes it from history
-once it has read what was sent). Above the history's byte limit, so replaying a full
-history does not by itself end the watch."""
+once it has read what was sent). At least the history's byte limit (its keys and values,
+counted with more overhead than their events take), so replaying a full history does not
+by itself end the watch."""
 MAX_WATCH_FRAME_BYTES = 1024 * 1024
 """Events are cut into frames of about this many bytes (a frame holds at least one event;
 the largest key and value fit in `max_frame_bytes`)."""
@@ -213,7 +214,7 @@ class WatchHub:
         revision = sm.revision
         changes: list[Change] = []
         if history.last_revision >= watcher.next:
-            changes = [c for c in history.since(watcher.next) if watcher.matches(c.key)]
+            changes = history.since(watcher.next, watcher.matches)
         watcher.next = max(watcher.next, revision + 1)
         if not changes and revision - watcher.reported < WATCH_PROGRESS_REVISIONS:
             return

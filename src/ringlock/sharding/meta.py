@@ -258,6 +258,9 @@ class MetaStateMachine:
 
     # --------------------------------------------------------------- snapshots
 
+    def close(self) -> None:
+        """Nothing here is shared with other groups: nothing to give back."""
+
     def snapshot(self) -> bytes:
         return msgpack.packb([  # type: ignore[no-any-return]
             self.shards, self.replicas, self.applied_index, self.version,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from ringlock.invariant import invariant
@@ -41,9 +41,12 @@ MAX_WATCH_HISTORY = 100_000
 """Changes one node remembers, over all its shards: about 12 s of history at 8,000
 writes a second, against elections of about a second, and about 7 MB while the keys
 are not written again."""
-MAX_WATCH_HISTORY_BYTES = 64 * 1024 * 1024
+MAX_WATCH_HISTORY_BYTES = 32 * 1024 * 1024
 """Key and value bytes one node remembers, whichever of the two limits comes first:
-100,000 values of a megabyte would otherwise pin 100 GB."""
+100,000 values of a megabyte would otherwise pin 100 GB. With values above about 250
+bytes this limit comes first, and the history spans less time (about 4 s of 1 KiB
+writes at 8,000 a second). A watch's replay is at most this much, which
+`MAX_WATCH_BACKLOG_BYTES` (server/watches.py) must allow."""
 EVENT_OVERHEAD_BYTES = 64
 """What one change costs beyond its key and value, for the byte limit."""
 
@@ -81,21 +84,31 @@ class HistoryBudget:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._order: deque[WatchHistory] = deque()
-        """The history of each remembered change, oldest change first. A history that was
-        replaced (a snapshot restored, a replica dropped) stays here until its changes,
-        the oldest, are forgotten in turn."""
+        """The history of each remembered change, oldest change first."""
+        self._released = 0
+        """Entries of `_order` whose history was released: skipped when they come up.
+        They are older than every live one, so there are never more than `max_events`."""
 
     @property
     def events(self) -> int:
-        return len(self._order)
+        return len(self._order) - self._released
 
     def _charge(self, history: WatchHistory, cost: int) -> None:
         order = self._order
         order.append(history)
         self.bytes += cost
-        while len(order) > self.max_events or (self.bytes > self.max_bytes
-                                               and len(order) > 1):
-            self.bytes -= order.popleft()._forget_oldest()
+        while self.events > self.max_events or (self.bytes > self.max_bytes
+                                                and self.events > 1):
+            oldest = order.popleft()
+            if oldest.released:
+                self._released -= 1
+            else:
+                self.bytes -= oldest._forget_oldest()
+        invariant(self.bytes >= 0 and self._released >= 0, "history budget below zero")
+
+    def _release(self, history: WatchHistory) -> None:
+        self.bytes -= history.size_bytes
+        self._released += len(history)
 
 
 class WatchHistory:
@@ -107,6 +120,7 @@ class WatchHistory:
         self._changes: deque[_Kept] = deque()
         self._bytes = 0
         self._last = floor
+        self.released = False
 
     def record(self, revision: int, kind: str, key: bytes, value: bytes | None,
                lease: int) -> None:
@@ -120,7 +134,18 @@ class WatchHistory:
         carries the revision, lease and value; it is kept, not copied."""
         self._remember(revision, (key, stored), _put_cost(key, stored))
 
+    def release(self) -> None:
+        """The shard's state this history belongs to is gone (a snapshot replaced it, or
+        the replica left the node): its changes leave the node's budget now, instead of
+        pinning their values until newer changes push them out."""
+        if not self.released:
+            self.budget._release(self)
+            self.released = True
+            self._changes.clear()
+            self._bytes = 0
+
     def _remember(self, revision: int, kept: _Kept, cost: int) -> None:
+        invariant(not self.released, "a change recorded in a released history")
         if revision <= self._last:
             raise ValueError(f"change at revision {revision} after {self._last}")
         self._last = revision
@@ -142,15 +167,24 @@ class WatchHistory:
         self._bytes -= cost
         return cost
 
-    def since(self, revision: int) -> list[Change]:
-        """Every remembered change at `revision` or later, oldest first. Cheap when few
-        are that recent: the record is walked from its newest end."""
+    def since(self, revision: int,
+              matches: Callable[[bytes], bool] | None = None) -> list[Change]:
+        """Every remembered change at `revision` or later (of a key `matches` accepts),
+        oldest first. Cheap when few are that recent: the record is walked from its
+        newest end, and a put's value is copied out only for a key that matches."""
         found = []
         for kept in reversed(self._changes):
-            change = _change(kept)
-            if change.revision < revision:
+            if isinstance(kept, Change):
+                if kept.revision < revision:
+                    break
+                if matches is None or matches(kept.key):
+                    found.append(kept)
+                continue
+            key, stored = kept
+            if META.unpack_from(stored)[1] < revision:
                 break
-            found.append(change)
+            if matches is None or matches(key):
+                found.append(_change(kept))
         found.reverse()
         return found
 

@@ -158,6 +158,11 @@ class ShardStateMachine:
         self.history = WatchHistory(budget=history_budget)
         """Recent key changes for watches (statemachine/history.py); not in snapshots."""
 
+    def close(self) -> None:
+        """The replica is done with this machine (a snapshot replaced it, or the replica
+        left the node): what it shares with the node's other shards is given back."""
+        self.history.release()
+
     # ------------------------------------------------------------------ reading
 
     def get(self, key: bytes) -> KeyValue | None:
