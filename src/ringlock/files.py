@@ -24,17 +24,10 @@ def write_all_at(fd: int, data: bytes | bytearray, offset: int) -> None:
         view = view[written:]
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a created, renamed or truncated name durable: fsync on the file alone
-    does not persist the directory entry that points to it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Sync a file, or a directory: a created, renamed or truncated name is durable only
+    once its directory is synced (fsync on the file alone does not persist the entry
+    that points to it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -71,4 +64,4 @@ def write_atomically(path: Path, data: bytes, *, private: bool = False,
             os.unlink(tmp)  # the old file, if any, is as it was
         raise
     if durable:
-        fsync_dir(path.parent)
+        fsync_path(path.parent)

@@ -118,7 +118,6 @@ class WatchHistory:
         """Shared by the node's shards; a machine on its own (tests, the simulator) has
         one of its own."""
         self._changes: deque[_Kept] = deque()
-        self._bytes = 0
         self._last = floor
         self.released = False
 
@@ -126,13 +125,12 @@ class WatchHistory:
                lease: int) -> None:
         """Remember a change, at a revision above every one remembered, and forget the
         node's oldest ones beyond the budget."""
-        self._remember(revision, _new_change((revision, kind, key, value, lease)),
-                       _cost(key, value))
+        self._remember(revision, _new_change((revision, kind, key, value, lease)))
 
     def record_put(self, revision: int, key: bytes, stored: bytes) -> None:
         """Remember a put by the record the shard stored for it (records.py), which
         carries the revision, lease and value; it is kept, not copied."""
-        self._remember(revision, (key, stored), _put_cost(key, stored))
+        self._remember(revision, (key, stored))
 
     def release(self) -> None:
         """The shard's state this history belongs to is gone (a snapshot replaced it, or
@@ -142,30 +140,21 @@ class WatchHistory:
             self.budget._release(self)
             self.released = True
             self._changes.clear()
-            self._bytes = 0
 
-    def _remember(self, revision: int, kept: _Kept, cost: int) -> None:
+    def _remember(self, revision: int, kept: _Kept) -> None:
         invariant(not self.released, "a change recorded in a released history")
         if revision <= self._last:
             raise ValueError(f"change at revision {revision} after {self._last}")
         self._last = revision
         self._changes.append(kept)
-        self._bytes += cost
-        self.budget._charge(self, cost)
+        self.budget._charge(self, _cost(kept))
 
     def _forget_oldest(self) -> int:
         """Called by the budget: drop the oldest change, raise the floor to it, and
         return its cost."""
         kept = self._changes.popleft()
-        if isinstance(kept, Change):
-            self.floor = kept.revision
-            cost = _cost(kept.key, kept.value)
-        else:  # a put: read without copying its value
-            key, stored = kept
-            self.floor = META.unpack_from(stored)[1]
-            cost = _put_cost(key, stored)
-        self._bytes -= cost
-        return cost
+        self.floor = _revision(kept)
+        return _cost(kept)
 
     def since(self, revision: int,
               matches: Callable[[bytes], bool] | None = None) -> list[Change]:
@@ -174,16 +163,9 @@ class WatchHistory:
         newest end, and a put's value is copied out only for a key that matches."""
         found = []
         for kept in reversed(self._changes):
-            if isinstance(kept, Change):
-                if kept.revision < revision:
-                    break
-                if matches is None or matches(kept.key):
-                    found.append(kept)
-                continue
-            key, stored = kept
-            if META.unpack_from(stored)[1] < revision:
+            if _revision(kept) < revision:
                 break
-            if matches is None or matches(key):
+            if matches is None or matches(_key(kept)):
                 found.append(_change(kept))
         found.reverse()
         return found
@@ -195,7 +177,8 @@ class WatchHistory:
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        """This shard's share of the budget's bytes (summed when asked: rarely)."""
+        return sum(map(_cost, self._changes))
 
     def __len__(self) -> int:
         return len(self._changes)
@@ -216,10 +199,18 @@ def _change(kept: _Kept) -> Change:
     return _new_change((mod, PUT, key, value_of(stored), lease))
 
 
-def _cost(key: bytes, value: bytes | None) -> int:
-    return len(key) + (len(value) if value is not None else 0) + EVENT_OVERHEAD_BYTES
+def _revision(kept: _Kept) -> int:
+    return kept.revision if isinstance(kept, Change) else META.unpack_from(kept[1])[1]
 
 
-def _put_cost(key: bytes, stored: bytes) -> int:
-    """`_cost` of a put kept as its stored record."""
+def _key(kept: _Kept) -> bytes:
+    return kept.key if isinstance(kept, Change) else kept[0]
+
+
+def _cost(kept: _Kept) -> int:
+    """Its key and value bytes and `EVENT_OVERHEAD_BYTES`, for the byte limit; a put's
+    value is measured in its record, not copied out."""
+    if isinstance(kept, Change):
+        return len(kept.key) + len(kept.value or b"") + EVENT_OVERHEAD_BYTES
+    key, stored = kept
     return len(key) + len(stored) - META.size + EVENT_OVERHEAD_BYTES

@@ -74,6 +74,7 @@ from typing import Any
 import msgpack
 
 from ringlock.invariant import invariant
+from ringlock.statemachine import records
 from ringlock.statemachine.history import DELETE, EXPIRE, HistoryBudget, WatchHistory
 from ringlock.statemachine.locks import (
     Acquired,
@@ -87,7 +88,6 @@ from ringlock.statemachine.locks import (
     StateMachineError,
     parse_fence,
 )
-from ringlock.statemachine.records import META
 
 MAX_DEDUP_ENTRIES_PER_CLIENT = 1024
 """Results remembered per client: a client retries only its recent requests."""
@@ -300,12 +300,12 @@ class ShardStateMachine:
         self.revision = revision = self.revision + 1
         raw = self.data.get(key)
         if raw is None:
-            self.data[key] = stored = META.pack(revision, revision, 1, lease) + value
+            self.data[key] = stored = records.pack(revision, revision, 1, lease, value)
         else:  # the previous record's fields, without copying its value unless asked
-            create, _, version, old_lease = META.unpack_from(raw)
+            create, _, version, old_lease = records.META.unpack_from(raw)
             if old_lease and old_lease != lease:
                 self.leases[old_lease][1].discard(key)
-            self.data[key] = stored = META.pack(create, revision, version + 1, lease) + value
+            self.data[key] = stored = records.pack(create, revision, version + 1, lease, value)
         if lease:
             self.leases[lease][1].add(key)
         self.history.record_put(revision, key, stored)
@@ -372,13 +372,13 @@ class ShardStateMachine:
         machine = ShardStateMachine(history_budget)
         if len(fields) == 5:  # the first format: one record per key
             revision, applied, keys, leases, dedup = fields
-            machine.data = {k: META.pack(create, mod, version, lease) + value
+            machine.data = {k: records.pack(create, mod, version, lease, value)
                             for k, value, create, mod, version, lease in keys}
         else:  # 2: keys as (key, packed record); 3: and locks
             version, revision, applied, flat, leases, dedup, *rest = fields
             invariant(version in (2, SNAPSHOT_FORMAT), f"unknown snapshot format {version}")
             invariant(len(rest) == (version == SNAPSHOT_FORMAT), f"format {version} misshapen")
-            invariant(all(len(p) >= META.size for p in flat[1::2]), "truncated key record")
+            invariant(all(len(p) >= records.META.size for p in flat[1::2]), "truncated key record")
             machine.data = dict(zip(flat[::2], flat[1::2], strict=True))
             if rest:
                 machine.locks = LockTable.from_record(rest[0], machine._next_revision)
@@ -439,8 +439,8 @@ def _at_most_one(op: str, optional: list[Any]) -> None:
 
 
 def _unpack(key: bytes, raw: bytes) -> KeyValue:
-    create, mod, version, lease = META.unpack_from(raw)
-    return KeyValue(key, raw[META.size:], create, mod, version, lease)
+    create, mod, version, lease = records.META.unpack_from(raw)
+    return KeyValue(key, records.value_of(raw), create, mod, version, lease)
 
 
 def _to_record(result: Any) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ringlock.errors import ConfigError, InvariantViolation
-from ringlock.files import fsync_dir, write_all_at
+from ringlock.files import fsync_path, write_all_at
 from ringlock.invariant import invariant
 from ringlock.raft.messages import Entry, HardState, Snapshot
 from ringlock.storage import records
@@ -143,7 +143,7 @@ class NodeStorage:
             if not path.is_dir():
                 path.mkdir(parents=True, exist_ok=True)
                 if self._fsync:
-                    fsync_dir(path.parent)
+                    fsync_path(path.parent)
 
     def _delete_dropped_leftovers(self, wal: WalState) -> None:
         """Replay ended with these groups dropped, so every snapshot file of theirs is a
@@ -406,7 +406,7 @@ class NodeStorage:
             # the data alone needs flushing: no journal commit per sync.
             os.fdatasync(fd)
             if rolled:
-                fsync_dir(self._wal_dir)
+                fsync_path(self._wal_dir)
         segment.size = end
         self._absorb(batch, segment)
         self._delete_dropped_snapshots(batch)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from ringlock.files import fsync_file
+from ringlock.files import fsync_path
 from ringlock.raft.messages import Entry, HardState
 from ringlock.storage import records
 from ringlock.storage.errors import StorageCorruption
@@ -217,7 +217,7 @@ def _valid_records(
         # The zeros the writer preallocated past its last record: nothing was torn.
         os.truncate(path, offset)
         if fsync:
-            fsync_file(path)
+            fsync_path(path)
         return valid, offset
     if not is_last:
         raise StorageCorruption(str(path), offset, f"{reason} in a segment that was complete")
@@ -236,7 +236,7 @@ def _cut_torn_tail(path: Path, offset: int, size: int, reason: str, *, fsync: bo
     )
     os.truncate(path, offset)
     if fsync:
-        fsync_file(path)
+        fsync_path(path)
 
 
 def _apply_segment(segment: Segment, valid: list[RawRecord], state: WalState) -> None:

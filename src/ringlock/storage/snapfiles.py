@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from ringlock.files import fsync_dir, write_all
+from ringlock.files import fsync_path, write_all
 from ringlock.raft.messages import Configuration, Snapshot, SnapshotMeta
 from ringlock.storage.errors import StorageCorruption, StorageError
 
@@ -85,7 +85,7 @@ class SnapshotFiles:
         for index in indexes:
             self.path(group, index).unlink(missing_ok=True)
         if indexes and self._fsync:
-            fsync_dir(self._dir)
+            fsync_path(self._dir)
 
     def write(self, group: int, snapshot: Snapshot) -> None:
         """Atomically publish the file, then prune older ones (see KEEP_SNAPSHOTS)."""
@@ -106,7 +106,7 @@ class SnapshotFiles:
             os.close(fd)
         os.replace(temp, final)
         if self._fsync:
-            fsync_dir(self._dir)
+            fsync_path(self._dir)
         indexes = self._indexes.setdefault(group, [])
         if meta.index not in indexes:
             indexes.append(meta.index)
