@@ -814,8 +814,10 @@ class Raft:
     def has_ready(self) -> bool:
         if self.role == Role.LEADER:
             self._flush()
-        if self._msgs:
-            return True
+        return bool(self._msgs) or self._has_work()
+
+    def _has_work(self) -> bool:
+        """Something for a Ready besides messages."""
         log = self.log
         soft = self._soft_state
         return bool(
@@ -830,11 +832,24 @@ class Raft:
         )
 
     def ready(self) -> Ready:
+        """The next Ready, empty when there is nothing to do (see take_ready)."""
+        rd = self.take_ready()
+        if rd is None:
+            rd = Ready(appends_may_precede_persist=self._appends_may_precede_persist())
+            self._ready_outstanding = True
+        return rd
+
+    def take_ready(self) -> Ready | None:
+        """has_ready() and ready() in one pass: the next Ready, or None (and nothing
+        outstanding) when there is nothing to do. A busy node's driver asks every shard
+        that a message touched, once per turn."""
         invariant(not self._ready_outstanding, "ready() called before advance()")
         self._flush()
+        if not self._msgs and not self._has_work():
+            return None
         log = self.log
+        soft = self._soft_state
         rd = Ready()
-        persisted = self._persisted_hard_state
         if self._hard_state_changed():
             rd.hard_state = HardState(self.term, self.vote, log.commit_index)
         if log.stable_index < log.last_index():
@@ -848,17 +863,20 @@ class Raft:
             rd.read_states, self._read_states = self._read_states, []
         if self._dropped_reads:
             rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
-        soft = self._soft_state
         if soft.leader != self.leader or soft.role != self.role:
             rd.soft_state = self._soft_state = SoftState(self.leader, self.role)
+        rd.appends_may_precede_persist = self._appends_may_precede_persist()
+        self._ready_outstanding = True
+        return rd
+
+    def _appends_may_precede_persist(self) -> bool:
         # Thesis §10.2.1: a leader's appends may leave before its own fsync, but only when
         # its term and vote are already durable. A lone voter wins within one tick, so its
         # first Ready can carry both a new term and appends of that term.
-        rd.appends_may_precede_persist = self.role == Role.LEADER and (
+        persisted = self._persisted_hard_state
+        return self.role == Role.LEADER and (
             persisted.term == self.term and persisted.vote == self.vote
         )
-        self._ready_outstanding = True
-        return rd
 
     def advance(self, rd: Ready) -> None:
         invariant(self._ready_outstanding, "advance() without a ready()")

@@ -74,7 +74,7 @@ W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and
 syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds."""
 GATHER_MORE_YIELDS = 2
 """Further iterations, each only while the previous one brought work for new shards."""
-GC_THRESHOLDS = (50_000, 20, 20)
+GC_THRESHOLDS = (200_000, 20, 20)
 """Python's default (700, 10, 10) runs a collection every few hundred allocations."""
 FILES_BESIDE_CONNECTIONS = 256
 """Open files a node needs besides its connections: WAL segments, snapshot files, its
@@ -441,9 +441,9 @@ class Node:
             batch = []
             for shard in dirty:
                 replica = self.replicas.get(shard)
-                if replica is None or not replica.raft.has_ready():
+                rd = replica.raft.take_ready() if replica is not None else None
+                if replica is None or rd is None:
                     continue
-                rd = replica.raft.ready()
                 if rd.snapshot is not None:
                     storage.save_snapshot(shard, rd.snapshot)
                     self.counters["snapshots_installed"] += 1
