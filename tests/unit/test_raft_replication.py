@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ringlock.errors import InvariantViolation
 from ringlock.raft import Configuration, Entry, Message, Raft, Role
 from tests.unit.raft_network import (
     ELECTION_TICK,
@@ -23,6 +24,7 @@ from tests.unit.raft_network import (
     assert_state_machine_safety,
     drain,
     log_of,
+    make_leader,
     new_raft,
     of_type,
     terms_of,
@@ -533,3 +535,26 @@ def test_lagging_follower_receives_snapshot_and_log_restarts_after_it() -> None:
     assert [e.index for e in net.storage[3].entries] == [7]
     assert [e.data for e in net.applied[3]] == [b"after"]
     assert follower.log.commit_index == leader.log.commit_index == 7
+
+
+# ------------------------------------------------------------------ take_ready
+
+
+def test_take_ready_gives_none_when_idle_and_leaves_nothing_outstanding() -> None:
+    """The node's driver asks every shard a message touched: an idle replica answers
+    None and may be asked again at once; one with work gives the Ready that ready()
+    would, which must be advanced before the next."""
+    raft = new_raft(1, **CLASSIC)
+    make_leader(raft)
+    drain(raft)  # the election's own Ready
+    assert not raft.has_ready()
+    assert raft.take_ready() is None
+    assert raft.take_ready() is None  # nothing was left outstanding
+    raft.propose(b"x")
+    rd = raft.take_ready()
+    assert rd is not None
+    assert [e.data for e in rd.entries] == [b"x"]
+    with pytest.raises(InvariantViolation, match="before advance"):
+        raft.take_ready()
+    raft.advance(rd)
+    assert raft.take_ready() is None
