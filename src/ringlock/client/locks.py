@@ -439,29 +439,40 @@ class AsyncLock:
 
     async def _call_or_moved(self, shard: int, body: dict[str, Any],
                              remaining: float) -> asyncio.Future[Any] | None:
-        """The call's answer, or None if this client stopped believing in the shard's
-        leader first (a keepalive or another call found it gone)."""
+        """The call's answer (a done future: its result or its error), or None if this
+        client stopped believing in the shard's leader first (a keepalive or another
+        call found it gone). The call runs in this task, not a task of its own: a route
+        change cancels this task, and that one cancel is taken back here. A task per
+        acquire cost every grant two more loop iterations before its holder saw it."""
         loop = asyncio.get_running_loop()
         route = self.client.route_changed(shard)
-        call = asyncio.ensure_future(self.client.shard_call(
-            shard, body, remaining, attempt_timeout=remaining))
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        call.add_done_callback(wake)
-        route.add_done_callback(wake)
-        try:
-            await woken
-        finally:
-            route.remove_done_callback(wake)
-            if not call.done():
-                call.cancel()
-        if not call.done() or call.cancelled():
+        if route.done():
             return None
-        return call
+        task = asyncio.current_task()
+        assert task is not None
+        moved = finished = False
+
+        def on_moved(_: object) -> None:
+            nonlocal moved
+            if not finished:  # (a callback already scheduled when the call ended)
+                moved = True
+                task.cancel()
+
+        route.add_done_callback(on_moved)
+        answer: asyncio.Future[Any] = loop.create_future()
+        try:
+            answer.set_result(await self.client.shard_call(
+                shard, body, remaining, attempt_timeout=remaining))
+        except asyncio.CancelledError:
+            if moved and task.uncancel() == 0:
+                return None  # our own cancel, and nobody else's
+            raise
+        except Exception as error:  # handed to the caller as the answer
+            answer.set_exception(error)
+        finally:
+            finished = True
+            route.remove_done_callback(on_moved)
+        return answer
 
     async def release(self) -> None:
         """Let the next waiter in. Raises NotHolder if the cluster no longer counts this
