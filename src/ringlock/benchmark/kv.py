@@ -87,7 +87,7 @@ def _process_main(args: tuple[list[str], str, int, float, int, int, float]) -> t
     # the nodes do (ringlock.server.node.GC_THRESHOLDS); a library user's process keeps
     # whatever settings it has.
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(200_000, 20, 20)
     return asyncio.run(_worker(*args))
 
 

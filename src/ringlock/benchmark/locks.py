@@ -94,7 +94,7 @@ async def _contended(addresses: list[str], contenders: int, seconds: float, name
 
 def _main(args: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(200_000, 20, 20)
     kind, rest = args
     if kind == "L1":
         return asyncio.run(_uncontended(*rest))

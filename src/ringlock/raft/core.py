@@ -513,8 +513,11 @@ class Raft:
             pr.state == ProgressState.SNAPSHOT and pr.match_index >= pr.pending_snapshot
         ):
             pr.become_replicate()
-        # A new commit index reaches followers with the next append or heartbeat.
-        if self._maybe_commit() and self.role != Role.LEADER:
+        # A new commit index reaches followers with the next append or heartbeat. A match
+        # at or below the commit index cannot move the quorum's index past it (the usual
+        # second acknowledgement of an entry): no count then.
+        if (pr.match_index > self.log.commit_index and self._maybe_commit()
+                and self.role != Role.LEADER):
             return  # the commit removed this leader from the group
         if was_paused:
             self._send_append(m.frm)

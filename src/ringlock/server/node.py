@@ -413,6 +413,8 @@ class Node:
     def on_raft_messages(self, peer: int, raw: list[Any]) -> None:
         if self.faults.active and self.faults.blocks(peer, len(raw)):  # torture partition
             return
+        stepped = 0
+        dirty = self._dirty
         for item in raw:
             try:
                 message = decode_message(item)
@@ -424,9 +426,12 @@ class Node:
             if replica is None or message.to != self.id or message.frm != peer:
                 self.counters["raft_dropped"] += 1
                 continue
-            self.counters["raft_in"] += 1
             replica.raft.step(message)
-            self._mark(message.group)
+            dirty.add(message.group)
+            stepped += 1
+        if stepped:  # once a frame, not once a message
+            self.counters["raft_in"] += stepped
+            self._wake.set()
 
     # ---------------------------------------------------------------------- driving
 
