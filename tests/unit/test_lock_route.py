@@ -1,6 +1,7 @@
-"""AsyncLock._call_or_moved: the lock call runs in the acquiring task itself, and a
-change of the shard's leader cancels it; that one cancel must be taken back, and no
-other cancel may be swallowed."""
+"""AsyncLock._call_or_moved: the lock call raced against a change of the shard's leader.
+A change gives None at once and leaves the acquiring task uncancelled, even when the call
+swallows its own cancel; an answer is returned; an outside cancel still reaches the
+caller; a change already known makes no call."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ class FakeClient:
     async def shard_call(self, shard: int, body: dict[str, Any], timeout: float, *,
                          attempt_timeout: float) -> Any:
         self.calls += 1
+        return await self.answer
+
+
+class SwallowingClient(FakeClient):
+    """Its call first waits for a connection with wait_for, which in 3.11 returns the
+    connection instead of raising when it opened in the same loop turn as the cancel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def shard_call(self, shard: int, body: dict[str, Any], timeout: float, *,
+                         attempt_timeout: float) -> Any:
+        self.calls += 1
+        await asyncio.wait_for(self.connected, timeout)
         return await self.answer
 
 
@@ -106,5 +122,19 @@ def test_a_route_already_changed_makes_no_call() -> None:
         client.route.set_result(None)
         assert await call(client) is None
         assert client.calls == 0
+
+    asyncio.run(main())
+
+
+def test_a_leader_change_wakes_the_wait_even_if_the_call_swallows_its_cancel() -> None:
+    async def main() -> None:
+        client = SwallowingClient()
+        task = asyncio.ensure_future(call(client))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        client.connected.set_result(None)  # the connection opens in the same turn ...
+        client.route.set_result(None)  # ... as the leader is given up
+        assert await asyncio.wait_for(task, 2.0) is None  # not left waiting at the old one
+        assert task.cancelling() == 0
 
     asyncio.run(main())

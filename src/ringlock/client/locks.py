@@ -439,40 +439,37 @@ class AsyncLock:
 
     async def _call_or_moved(self, shard: int, body: dict[str, Any],
                              remaining: float) -> asyncio.Future[Any] | None:
-        """The call's answer (a done future: its result or its error), or None if this
-        client stopped believing in the shard's leader first (a keepalive or another
-        call found it gone). The call runs in this task, not a task of its own: a route
-        change cancels this task, and that one cancel is taken back here. A task per
-        acquire cost every grant two more loop iterations before its holder saw it."""
+        """The call's answer, or None if this client stopped believing in the shard's
+        leader first (a keepalive or another call found it gone).
+
+        The call runs as a task of its own, cancelled when the route changes. Running it
+        in the acquiring task and cancelling that one instead saves a task per acquire,
+        but a cancel can be swallowed on the way (3.11's `wait_for` returns a connect
+        that finished in the same loop turn), and the wait would then stay at a leader
+        this client no longer believes in."""
         loop = asyncio.get_running_loop()
         route = self.client.route_changed(shard)
         if route.done():
             return None
-        task = asyncio.current_task()
-        assert task is not None
-        moved = finished = False
+        call = asyncio.ensure_future(self.client.shard_call(
+            shard, body, remaining, attempt_timeout=remaining))
+        woken: asyncio.Future[None] = loop.create_future()
 
-        def on_moved(_: object) -> None:
-            nonlocal moved
-            if not finished:  # (a callback already scheduled when the call ended)
-                moved = True
-                task.cancel()
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
 
-        route.add_done_callback(on_moved)
-        answer: asyncio.Future[Any] = loop.create_future()
+        call.add_done_callback(wake)
+        route.add_done_callback(wake)
         try:
-            answer.set_result(await self.client.shard_call(
-                shard, body, remaining, attempt_timeout=remaining))
-        except asyncio.CancelledError:
-            if moved and task.uncancel() == 0:
-                return None  # our own cancel, and nobody else's
-            raise
-        except Exception as error:  # handed to the caller as the answer
-            answer.set_exception(error)
+            await woken
         finally:
-            finished = True
-            route.remove_done_callback(on_moved)
-        return answer
+            route.remove_done_callback(wake)
+            if not call.done():
+                call.cancel()
+        if not call.done() or call.cancelled():
+            return None
+        return call
 
     async def release(self) -> None:
         """Let the next waiter in. Raises NotHolder if the cluster no longer counts this

@@ -514,8 +514,10 @@ class Raft:
         ):
             pr.become_replicate()
         # A new commit index reaches followers with the next append or heartbeat. A match
-        # at or below the commit index cannot move the quorum's index past it (the usual
-        # second acknowledgement of an entry): no count then.
+        # raised to at most the commit index cannot raise the quorum's index past it (the
+        # usual second acknowledgement of an entry): no count then. (A voter's removal
+        # may have raised the quorum's index already; it is counted at the next
+        # acknowledgement past the commit index, or the leader's own after its fsync.)
         if (pr.match_index > self.log.commit_index and self._maybe_commit()
                 and self.role != Role.LEADER):
             return  # the commit removed this leader from the group
