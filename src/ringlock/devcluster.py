@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,17 +39,25 @@ HTTP_PORT_OFFSET = 1000
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.05
+FREE_PORTS_FROM = 20_000
+"""free_base_port's lowest choice: above the ports services usually hold."""
 
 
 def free_base_port(count: int, host: str = "127.0.0.1") -> int:
     """A port P such that P..P+count-1 are free on loopback right now (a probe: another
-    process may still take one before the nodes bind it)."""
+    process may still take one before the nodes bind it).
+
+    Chosen below the kernel's ephemeral range, never from it: an outgoing connection
+    (one node dialling another) takes its local port from that range, and took a
+    probed port between the probe and the next node's bind (a CI run, 2026-11-28)."""
+    low, high = _ephemeral_ports()
+    if low - count > FREE_PORTS_FROM:
+        span = (FREE_PORTS_FROM, low - count)
+    else:
+        span = (high + 1, 65536 - count)
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            base: int = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
+        base = rng.randrange(*span)
         try:
             for port in range(base, base + count):
                 with socket.socket() as s:
@@ -57,6 +66,14 @@ def free_base_port(count: int, host: str = "127.0.0.1") -> int:
         except OSError:
             continue
     raise RuntimeError("no run of free loopback ports found")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
 
 
 @dataclass
