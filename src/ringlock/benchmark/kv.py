@@ -9,7 +9,6 @@ as etcd's benchmark tool does), and records every latency. Keys are 16 bytes, va
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing
 import os
 import random
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ringlock.benchmark import collect_as_the_nodes_do
 from ringlock.client.aio import AsyncClient
 
 WORKLOADS = {"W1": "put", "W2": "get", "W3": "mix"}
@@ -83,11 +83,7 @@ async def _worker(addresses: list[str], kind: str, in_flight: int, seconds: floa
 
 def _process_main(args: tuple[list[str], str, int, float, int, int, float]) -> tuple[
         int, int, list[float]]:
-    # The load generator shares the machine with the nodes: collect cycles rarely, as
-    # the nodes do (ringlock.server.node.GC_THRESHOLDS); a library user's process keeps
-    # whatever settings it has.
-    gc.freeze()
-    gc.set_threshold(200_000, 20, 20)
+    collect_as_the_nodes_do()
     return asyncio.run(_worker(*args))
 
 

@@ -13,13 +13,13 @@ every process of the machine.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import multiprocessing
 import statistics
 import time
 from typing import Any
 
+from ringlock.benchmark import collect_as_the_nodes_do
 from ringlock.client.aio import AsyncClient
 
 LOCK_NAMES = 1000
@@ -93,8 +93,7 @@ async def _contended(addresses: list[str], contenders: int, seconds: float, name
 
 
 def _main(args: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
-    gc.freeze()
-    gc.set_threshold(200_000, 20, 20)
+    collect_as_the_nodes_do()
     kind, rest = args
     if kind == "L1":
         return asyncio.run(_uncontended(*rest))

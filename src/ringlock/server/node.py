@@ -446,8 +446,10 @@ class Node:
             batch = []
             for shard in dirty:
                 replica = self.replicas.get(shard)
-                rd = replica.raft.take_ready() if replica is not None else None
-                if replica is None or rd is None:
+                if replica is None:
+                    continue
+                rd = replica.raft.take_ready()
+                if rd is None:
                     continue
                 if rd.snapshot is not None:
                     storage.save_snapshot(shard, rd.snapshot)
