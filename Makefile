@@ -12,11 +12,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The Raft core is compiled in place by mypyc (setup.py): rebuilt when its sources change.
+CORE_SOURCES := $(wildcard src/ringlock/raft/*.py)
+
+$(STAMP): pyproject.toml setup.py $(CORE_SOURCES) | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
+$(DEV_STAMP): pyproject.toml setup.py $(CORE_SOURCES) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP) $@
 
@@ -31,7 +34,7 @@ test: $(DEV_STAMP) lint typecheck net-tools
 	$(BIN)/python -m pytest tests
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
@@ -46,7 +49,8 @@ bench: $(STAMP)
 	$(BIN)/ringlock bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -f src/ringlock/raft/*.so src/ringlock/raft/native.json src/*__mypyc*.so
 
 # The long torture run (30 min of faults on 5 real nodes); its result goes to
 # docs/RELIABILITY.md. A short run of every fault kind is part of `make test`.

@@ -13,6 +13,7 @@ import pytest
 
 from ringlock.client import AsyncClient
 from ringlock.devcluster import DevCluster
+from ringlock.raft import BUILD as RAFT_BUILD
 
 
 def test_put_get_delete_cas_and_revisions(cluster: DevCluster) -> None:
@@ -91,6 +92,8 @@ def test_the_cli_finds_the_cluster_from_the_environment(cluster: DevCluster) -> 
     status = json.loads(ringlock_cli(cluster, "status", "--json").stdout)
     assert {n["id"] for n in status["nodes"]} == {1, 2, 3}
     assert all(n["state"] == "up" for n in status["nodes"])
+    # the nodes run this install, so the same build of the Raft core
+    assert {n["raft_core"] for n in status["nodes"]} == {RAFT_BUILD}
     assert len(status["shards"]) == cluster.shards
     assert all(s["leader"] in (1, 2, 3) and s["replicas"] == [1, 2, 3]
                for s in status["shards"])

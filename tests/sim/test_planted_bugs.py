@@ -60,6 +60,7 @@ def _plant(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         monkeypatch.setattr(owner, attribute, replacement)
 
 
+@pytest.mark.interpreted_core
 @pytest.mark.parametrize("name", sorted(SEARCH))
 def test_simulator_catches_planted_bug(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     search = SEARCH[name]
@@ -72,6 +73,7 @@ def test_simulator_catches_planted_bug(monkeypatch: pytest.MonkeyPatch, name: st
     pytest.fail(f"planted bug {name!r} went unnoticed in {search.seeds} seeds")
 
 
+@pytest.mark.interpreted_core
 def test_violation_report_names_seed_invariant_and_replay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -95,6 +97,7 @@ def test_correct_core_passes_the_planted_bug_profiles(name: str) -> None:
         assert result.ok, f"seed {seed}: {result.invariant}: {result.detail}"
 
 
+@pytest.mark.interpreted_core
 def test_figure8_unit_test_catches_commit_of_old_term(monkeypatch: pytest.MonkeyPatch) -> None:
     _plant(monkeypatch, "commit_old_term_by_counting")
     with pytest.raises(AssertionError):

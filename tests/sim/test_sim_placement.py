@@ -168,6 +168,7 @@ def test_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines()[-1].startswith("placement sim: 1 seeds passed, ")
 
 
+@pytest.mark.interpreted_core
 @pytest.mark.parametrize(("bug", "seed"), [("vote_without_log_check", 0),
                                            ("apply_before_commit", 1),
                                            ("forget_vote_on_restart", 8)])

@@ -19,6 +19,10 @@ FORBIDDEN_MODULES = {
     "subprocess", "selectors", "select", "signal", "datetime", "shutil", "tempfile",
 }
 FORBIDDEN_CALLS = {"open", "input", "print", "exec", "eval"}
+BUILD_LOADER = "_native.py"
+"""Not part of the core: it runs once, when the package is imported, to choose between
+the compiled modules and their sources (it reads their files). No core module imports
+it (checked below)."""
 
 
 def _modules(package: object) -> list[Path]:
@@ -40,7 +44,8 @@ def _imports_and_calls(path: Path) -> tuple[set[str], set[str]]:
     return imported, called
 
 
-@pytest.mark.parametrize("path", _modules(ringlock.raft), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in _modules(ringlock.raft) if p.name != BUILD_LOADER],
+                         ids=lambda p: p.name)
 def test_raft_core_module_does_no_io(path: Path) -> None:
     imported, called = _imports_and_calls(path)
     assert not imported & FORBIDDEN_MODULES, f"{path.name} imports {imported & FORBIDDEN_MODULES}"
@@ -65,3 +70,10 @@ def test_raft_imports_nothing_above_it() -> None:
             ):
                 layer = node.module.split(".")[1]
                 assert layer in {"raft", "errors", "invariant", "ids"}, (path.name, node.module)
+
+
+def test_only_the_package_imports_the_build_loader() -> None:
+    for path in _modules(ringlock.raft):
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom)}
+        assert ("ringlock.raft._native" in imported) == (path.name == "__init__.py"), path.name

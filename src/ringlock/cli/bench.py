@@ -16,6 +16,7 @@ from ringlock.benchmark import kv
 from ringlock.benchmark.locks import run_lock_workload
 from ringlock.benchmark.rebalance import rebalance_bench
 from ringlock.devcluster import DevCluster, free_base_port
+from ringlock.raft import BUILD as RAFT_BUILD
 
 
 @click.command()
@@ -60,7 +61,8 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
             dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=free_base_port(4),
                              shards=shards, fsync=not no_fsync, name="bench")
             click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
-                       f"{'off' if no_fsync else 'on'}) in {dev.data_dir} ...")
+                       f"{'off' if no_fsync else 'on'}, Raft core {RAFT_BUILD}) in "
+                       f"{dev.data_dir} ...")
             dev.start()
             if not dev.wait_balanced(timeout=60):  # measure the steady state
                 click.echo("warning: shard leaders are not evenly spread; measuring anyway")
@@ -70,6 +72,7 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
         try:
             report = _run(addresses, dev, [n for n in names if n in kv.WORKLOADS], seconds,
                           in_flight, keys, processes, idle_seconds, memory_keys)
+            report["raft_core"] = RAFT_BUILD  # of this install, which a started cluster runs
             for name in [n for n in names if n in LOCK_WORKLOADS]:
                 click.echo(f"{name} ({LOCK_WORKLOADS[name]}) for {seconds:g} s ...")
                 report["results"].append(run_lock_workload(

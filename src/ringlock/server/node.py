@@ -46,6 +46,7 @@ from ringlock.errors import (
     WrongShard,
 )
 from ringlock.invariant import invariant
+from ringlock.raft import BUILD as RAFT_BUILD
 from ringlock.raft.messages import MessageType, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
@@ -195,8 +196,9 @@ class Node:
 
             self.http = HttpApi(self)
             await self.http.start()
-        log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s)",
-                 self.id, config.listen, len(self.replicas), config.data_dir, config.fsync)
+        log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s, "
+                 "Raft core %s)", self.id, config.listen, len(self.replicas),
+                 config.data_dir, config.fsync, RAFT_BUILD)
 
     def _drive_ended(self, task: asyncio.Task[None]) -> None:
         """The drive loop ends only when the node stops. If it died of an error, every
@@ -810,6 +812,7 @@ class Node:
         reply({
             "node": self.id, "address": self.config.listen, "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "raft_core": RAFT_BUILD,
             "shards": shards,
             "peers": {str(p): link.connected for p, link in self.links.items()},
             "counters": dict(self.counters),

@@ -1,0 +1,39 @@
+"""Tests marked `interpreted_core` patch the Raft core's classes (a planted bug) or build
+values its compiled classes refuse. A compiled core allows neither, so where this
+process runs it, each such test runs in a child pytest on the interpreted core
+(RINGLOCK_PURE_PYTHON=1), and passes or fails with it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ringlock.raft
+
+CHILD_TIMEOUT_S = 600.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "interpreted_core: runs on the interpreted Raft core (in a child pytest "
+        "when this process runs the compiled one)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if (pyfuncitem.get_closest_marker("interpreted_core") is None
+            or ringlock.raft.BUILD == "interpreted"):
+        return None  # pytest calls the test as usual
+    env = {**os.environ, "RINGLOCK_PURE_PYTHON": "1"}
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    if child.returncode != 0 or "1 passed" not in child.stdout:
+        pytest.fail(f"on the interpreted core (child pytest, exit {child.returncode}):\n"
+                    f"{child.stdout[-4000:]}{child.stderr[-2000:]}", pytrace=False)
+    return True
