@@ -1,6 +1,7 @@
 """Tests marked `interpreted_core` patch the Raft core's classes (a planted bug) or build
-values its compiled classes refuse. A compiled core allows neither, so where this
-process runs it, each such test runs in a child pytest on the interpreted core
+values its compiled classes refuse. A patch of a compiled class is not seen by compiled
+callers, and a compiled class checks its fields' types, so where this process runs the
+compiled core, each such test runs in a child pytest on the interpreted core
 (RINGLOCK_PURE_PYTHON=1), and passes or fails with it."""
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pytest
 import ringlock.raft
 
 CHILD_TIMEOUT_S = 600.0
+CHILD_ENV = "RINGLOCK_TEST_CHILD"
+"""Set for the child pytest: it checks that it really runs the interpreted core."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "interpreted_core: runs on the interpreted Raft core (in a child pytest "
         "when this process runs the compiled one)")
+    if os.environ.get(CHILD_ENV) and ringlock.raft.BUILD != "interpreted":
+        raise pytest.UsageError("a child pytest for `interpreted_core` tests runs the "
+                                "compiled Raft core")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -29,9 +35,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if (pyfuncitem.get_closest_marker("interpreted_core") is None
             or ringlock.raft.BUILD == "interpreted"):
         return None  # pytest calls the test as usual
-    env = {**os.environ, "RINGLOCK_PURE_PYTHON": "1"}
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+    env = {name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"}
+    env.update({"RINGLOCK_PURE_PYTHON": "1", CHILD_ENV: "1"})
+    child = subprocess.run(  # addopts emptied: its -q would hide the "1 passed" line
+        [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider",
+         pyfuncitem.nodeid],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     if child.returncode != 0 or "1 passed" not in child.stdout:
         pytest.fail(f"on the interpreted core (child pytest, exit {child.returncode}):\n"

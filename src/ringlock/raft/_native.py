@@ -30,6 +30,13 @@ COMPILED_MODULES = ("config", "core", "log", "messages", "progress", "quorum")
 PURE_ENV = "RINGLOCK_PURE_PYTHON"
 RECORD = "native.json"
 PACKAGE = "ringlock.raft"
+SHARED_LIBRARY = "ringlock_raft__mypyc"
+"""The runtime library mypyc builds for the modules, installed beside the package."""
+
+
+def pure_requested() -> bool:
+    """RINGLOCK_PURE_PYTHON set to anything but empty or 0."""
+    return os.environ.get(PURE_ENV, "").strip() not in ("", "0")
 
 
 class _SourceFinder:
@@ -47,9 +54,17 @@ class _SourceFinder:
         return importlib.util.spec_from_file_location(fullname, self.directory / f"{name}.py")
 
 
-def _compiled_here(directory: Path) -> bool:
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    return any((directory / f"core{suffix}").exists() for suffix in suffixes)
+def _built(directory: Path, name: str) -> bool:
+    return any((directory / f"{name}{suffix}").exists()
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _missing_parts(directory: Path) -> list[str]:
+    """The parts of a build that are not there: each module's, and the library."""
+    missing = [f"{name} module" for name in COMPILED_MODULES if not _built(directory, name)]
+    if not _built(directory.parent.parent, SHARED_LIBRARY):
+        missing.append(f"{SHARED_LIBRARY} library")
+    return missing
 
 
 def source_digests(directory: Path) -> dict[str, str]:
@@ -64,16 +79,24 @@ def source_digests(directory: Path) -> dict[str, str]:
     return digests
 
 
-def _stale_sources(directory: Path) -> list[str]:
-    """The compiled modules whose source no longer matches the build's record."""
+def _why_not_compiled(directory: Path) -> str | None:
+    """Why the build here must not run (None: it may): a part missing, no readable
+    record, or a source that no longer matches the record."""
+    missing = _missing_parts(directory)
+    if missing:
+        return f"the build is incomplete (no {', '.join(missing)})"
     try:
         record = json.loads((directory / RECORD).read_text())
     except (OSError, ValueError):
-        return list(COMPILED_MODULES)
+        return f"the build has no readable record of its sources ({RECORD})"
     if not isinstance(record, dict):
-        return list(COMPILED_MODULES)
-    return [name for name, digest in source_digests(directory).items()
-            if record.get(name) != digest]
+        return f"the build's record of its sources ({RECORD}) is not a map"
+    stale = [name for name, digest in source_digests(directory).items()
+             if record.get(name) != digest]
+    if stale:
+        return (f"it was built from other sources ({', '.join(f'{n}.py' for n in stale)} "
+                "changed since)")
+    return None
 
 
 def choose(directory: Path) -> str:
@@ -83,17 +106,16 @@ def choose(directory: Path) -> str:
     if early:
         raise ImportError(f"{PACKAGE}: {', '.join(early)} imported before the choice of "
                           "build; import ringlock.raft._native first")
-    if not _compiled_here(directory):
-        return "interpreted"
-    if os.environ.get(PURE_ENV):
-        reason = None
-    else:
-        stale = _stale_sources(directory)
-        if not stale:
+    reason = None
+    if not any(_built(directory, name) for name in COMPILED_MODULES):
+        return "interpreted"  # a pure install: the import system finds the sources
+    if not pure_requested():
+        why = _why_not_compiled(directory)
+        if why is None:
             return "compiled"
-        reason = (f"the compiled Raft core in {directory} was built from other sources "
-                  f"({', '.join(f'{name}.py' for name in stale)} changed since): running "
-                  "the sources instead; rebuild with `make` or `pip install -e .`")
+        reason = (f"not running the compiled Raft core in {directory}: {why}; running its "
+                  "sources instead (rebuild with `make` or `pip install -e .`)")
+    # Some compiled module is here: the sources must be found ahead of it, every one.
     if not any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _SourceFinder(directory))
     if reason is not None:
@@ -101,5 +123,6 @@ def choose(directory: Path) -> str:
     return "interpreted"
 
 
-BUILD = choose(Path(__file__).parent)
-"""'compiled' (mypyc) or 'interpreted': the Raft core this process runs."""
+if __name__ == f"{PACKAGE}._native":  # not when setup.py loads this file to read its lists
+    BUILD = choose(Path(__file__).parent)
+    """'compiled' (mypyc) or 'interpreted': the Raft core this process runs."""
