@@ -32,6 +32,9 @@ dev: $(STAMP)
 
 test: $(DEV_STAMP) lint typecheck net-tools
 	$(BIN)/python -m pytest tests
+	@# The core's unit tests again on its sources: what an install without a compiler runs.
+	RINGLOCK_PURE_PYTHON=1 $(BIN)/python -m pytest tests/unit/test_raft_*.py \
+		tests/unit/test_native_core.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench setup.py
