@@ -58,7 +58,7 @@ def _forget_build_in_place() -> None:
     """An editable install that ends up pure must not leave an earlier build running:
     remove what a build in place left in the source tree."""
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for path in [RAFT / NATIVE.RECORD, *RAFT.glob("*"), *RAFT.parent.parent.glob("*")]:
+    for path in [*RAFT.glob("*"), *RAFT.parent.parent.glob("*")]:
         if path.name == NATIVE.RECORD or (path.name.endswith(suffixes) and (
                 path.name.split(".")[0] in NATIVE.COMPILED_MODULES
                 or path.name.startswith(NATIVE.SHARED_LIBRARY))):

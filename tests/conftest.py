@@ -2,7 +2,7 @@
 values its compiled classes refuse. A patch of a compiled class is not seen by compiled
 callers, and a compiled class checks its fields' types, so where this process runs the
 compiled core, each such test runs in a child pytest on the interpreted core
-(RINGLOCK_PURE_PYTHON=1), and passes or fails with it."""
+(`PURE_ENV`), and passes or fails with it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import ringlock.raft
+from ringlock.raft._native import PURE_ENV
 
 CHILD_TIMEOUT_S = 600.0
 CHILD_ENV = "RINGLOCK_TEST_CHILD"
@@ -36,7 +37,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
             or ringlock.raft.BUILD == "interpreted"):
         return None  # pytest calls the test as usual
     env = {name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"}
-    env.update({"RINGLOCK_PURE_PYTHON": "1", CHILD_ENV: "1"})
+    env.update({PURE_ENV: "1", CHILD_ENV: "1"})
     child = subprocess.run(  # addopts emptied: its -q would hide the "1 passed" line
         [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider",
          pyfuncitem.nodeid],
