@@ -18,6 +18,7 @@ from ringlock.cli.main import cli
 from ringlock.client import Client
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.errors import TlsError, Unauthorized
+from ringlock.eventloop import EVENT_LOOP_ENV
 from ringlock.sharding.keys import shard_of
 from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.tls import client_context
@@ -27,12 +28,20 @@ SECRET = "the-right-secret"
 DEADLINE_S = 20.0
 
 
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def node_loop(request: pytest.FixtureRequest) -> str:
+    """The nodes' event loop. The TLS front door peeks at a connection's first byte
+    through the loop's transport, which is where the two loops differ."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+def secure(node_loop: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("secure")
     make_certs(root / "tls", nodes=4)  # node 4: the one that tries to join
     dev = DevCluster(root / "cluster", nodes=3, base_port=free_base_port(4), shards=4,
-                     name="secure", secret=SECRET, tls_dir=root / "tls")
+                     name="secure", secret=SECRET, tls_dir=root / "tls",
+                     env={EVENT_LOOP_ENV: node_loop})
     with running(dev):
         with dev.client(timeout=5) as client:
             client.put("k", "v0")
@@ -41,6 +50,12 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
 
 def log_of(dev: DevCluster, node_id: int) -> str:
     return dev.nodes[node_id].log_path.read_text(errors="replace")
+
+
+def test_the_nodes_run_the_event_loop_asked_for(secure: DevCluster, node_loop: str) -> None:
+    with secure.client(timeout=5) as client:
+        loops = {r.get("node"): r.get("event_loop") for r in client.status(timeout=5)}
+    assert loops == dict.fromkeys(secure.nodes, node_loop)
 
 
 def test_a_client_without_the_secret_or_with_a_wrong_one_changes_nothing(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ringlock import eventloop
 from ringlock.benchmark import collect_as_the_nodes_do
 from ringlock.client.aio import AsyncClient
 
@@ -84,7 +85,7 @@ async def _worker(addresses: list[str], kind: str, in_flight: int, seconds: floa
 def _process_main(args: tuple[list[str], str, int, float, int, int, float]) -> tuple[
         int, int, list[float]]:
     collect_as_the_nodes_do()
-    return asyncio.run(_worker(*args))
+    return eventloop.run(_worker(*args))
 
 
 def preload(addresses: list[str], keys: int) -> None:
@@ -97,7 +98,7 @@ def preload(addresses: list[str], keys: int) -> None:
                 await asyncio.gather(*(client.put(key_of(n), value)
                                        for n in range(start, min(keys, start + 512))))
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def run_workload(addresses: list[str], workload: str, *, seconds: float, in_flight: int,

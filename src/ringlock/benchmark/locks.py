@@ -19,6 +19,7 @@ import statistics
 import time
 from typing import Any
 
+from ringlock import eventloop
 from ringlock.benchmark import collect_as_the_nodes_do
 from ringlock.client.aio import AsyncClient
 
@@ -96,8 +97,8 @@ def _main(args: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
     collect_as_the_nodes_do()
     kind, rest = args
     if kind == "L1":
-        return asyncio.run(_uncontended(*rest))
-    return asyncio.run(_contended(*rest))
+        return eventloop.run(_uncontended(*rest))
+    return eventloop.run(_contended(*rest))
 
 
 def run_lock_workload(addresses: list[str], workload: str, *, seconds: float, lanes: int,

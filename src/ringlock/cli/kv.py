@@ -166,6 +166,7 @@ def cluster_report(reports: list[dict[str, Any]], shard_map: Any) -> dict[str, A
             "last_heartbeat_s": heard.get(str(node_id)),
             "uptime_s": own.get("uptime_s"),
             "raft_core": own.get("raft_core"),
+            "event_loop": own.get("event_loop"),
             **({"error": own["error"]} if "error" in own else {})})
     wanted = shard_map.replica_count
     live = {n for n in reachable if shard_map.states.get(n) == "up"}
@@ -187,7 +188,7 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
     click.echo(f"map version {report['version']}, {report['replicas_per_shard']} replicas "
                "per shard\n")
     click.echo(f"{'node':<6}{'address':<22}{'state':<10}{'replicas':>9}{'leads':>7}"
-               f"{'heartbeat':>11}{'uptime':>9}  core")
+               f"{'heartbeat':>11}{'uptime':>9}  core/loop")
     for node in report["nodes"]:
         uptime = f"{node['uptime_s']:.0f} s" if node.get("uptime_s") is not None else "-"
         beat = node.get("last_heartbeat_s")
@@ -195,7 +196,7 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
         state = node["state"] + ("" if node["reachable"] else "!")
         click.echo(f"{node['id']!s:<6}{node['address']!s:<22}{state:<10}"
                    f"{node['replicas']:>9}{node['leaders']:>7}{heartbeat:>11}{uptime:>9}"
-                   f"  {node.get('raft_core') or '-'}"
+                   f"  {node.get('raft_core') or '-'}/{node.get('event_loop') or '-'}"
                    + (f"  unreachable: {node['error']}" if "error" in node else ""))
     shards = report["shards"]
     if verbose:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ringlock import eventloop
 from ringlock.errors import ConfigError
 from ringlock.server.config import build_config, load_toml, parse_peers, read_secret_file
 
@@ -94,6 +95,7 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
                                   "is required (flag or config file)")
         settings.setdefault("peers", {settings["node_id"]: settings["listen"]})
         config = build_config(settings)
+        loop = eventloop.chosen()
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     setup_logging(config.node_id, log_level)
@@ -101,11 +103,11 @@ def serve(node_id: int | None, listen: str | None, peers: str | None, data_dir: 
     if profile:
         import cProfile
 
-        cProfile.runctx("asyncio.run(_run(config))", globals(), {"config": config,
-                                                                 "_run": _run},
+        cProfile.runctx("run(_run(config), loop)", globals(),
+                        {"config": config, "_run": _run, "run": eventloop.run, "loop": loop},
                         f"{profile}.{config.node_id}")
         return
-    asyncio.run(_run(config))
+    eventloop.run(_run(config), loop)
 
 
 async def _run(config: Any) -> None:

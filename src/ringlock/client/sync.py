@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar
 
+from ringlock import eventloop
 from ringlock.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, Key, Lease, ShardMap, to_bytes
 from ringlock.client.election import AsyncElection
 from ringlock.client.locks import DEFAULT_LOCK_TTL_S, AsyncLock, Fence, LockState
@@ -28,7 +29,7 @@ class Client:
                  tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None) -> None:
         """The arguments of `AsyncClient` (secret and TLS default from the environment)."""
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="ringlock-client")
         self._thread.start()

@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import resource
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from ringlock.errors import (
     Unavailable,
     WrongShard,
 )
+from ringlock.eventloop import loop_name
 from ringlock.invariant import invariant
 from ringlock.raft import BUILD as RAFT_BUILD
 from ringlock.raft.messages import MessageType, Role, Snapshot
@@ -60,6 +62,7 @@ from ringlock.sharding.meta import META_GROUP, REMOVED
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
 from ringlock.transport import tls
+from ringlock.transport.listener import SocketListener
 from ringlock.transport.peer import PeerLink
 from ringlock.transport.rpc import RpcConnection
 from ringlock.transport.wire import decode_message, encode_message
@@ -80,6 +83,8 @@ GC_THRESHOLDS = (200_000, 20, 20)
 FILES_BESIDE_CONNECTIONS = 256
 """Open files a node needs besides its connections: WAL segments, snapshot files, its
 log, its outgoing peer links and relays."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for the listener before it accepts them."""
 SHUTDOWN_TRANSFER_S = 3.0
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
 FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
@@ -111,7 +116,7 @@ class Node:
         """Connections with answers gathered but not yet written."""
         self._dirty: set[int] = set()
         self._wake = asyncio.Event()
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | SocketListener | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._ticker: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -177,7 +182,12 @@ class Node:
         for group in sorted(self.storage.groups()):
             self.replicas[group] = self.membership.make_replica(group, self.storage.load(group))
         host, port = parse_address(config.listen)
-        self._server = await asyncio.start_server(self._accept, host, port, backlog=1024)
+        if self.server_ssl is None:
+            self._server = await asyncio.start_server(self._accept, host, port,
+                                                      backlog=LISTEN_BACKLOG)
+        else:
+            self._server = await SocketListener.start(self._accept_tls, host, port,
+                                                      backlog=LISTEN_BACKLOG)
         self._started = True
         self.on_map_changed()
         # Everything loaded so far lives as long as the node: keep the cyclic collector off
@@ -197,8 +207,9 @@ class Node:
             self.http = HttpApi(self)
             await self.http.start()
         log.info("node %d listening on %s with %d shard replicas (data %s, fsync %s, "
-                 "Raft core %s)", self.id, config.listen, len(self.replicas),
-                 config.data_dir, config.fsync, RAFT_BUILD)
+                 "Raft core %s, event loop %s)", self.id, config.listen, len(self.replicas),
+                 config.data_dir, config.fsync, RAFT_BUILD,
+                 loop_name(asyncio.get_running_loop()))
 
     def _drive_ended(self, task: asyncio.Task[None]) -> None:
         """The drive loop ends only when the node stops. If it died of an error, every
@@ -273,7 +284,11 @@ class Node:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open_connections >= self.config.max_connections:
-            self._refuse_connection(writer)
+            refusal = Unavailable(f"node {self.id} has {self._open_connections} connections "
+                                  f"open, its max_connections; try another node")
+            writer.write(encode_frame(rq.error_body(0, refusal)))
+            writer.close()
+            self._count_refusal()
             return
         self._open_connections += 1
         try:
@@ -281,15 +296,32 @@ class Node:
         finally:
             self._open_connections -= 1
 
-    def _refuse_connection(self, writer: asyncio.StreamWriter) -> None:
-        """One connection over `max_connections`: told why (in plain text; a TLS client
-        sees a failed handshake instead), closed, and counted; logged once a minute."""
+    async def _accept_tls(self, conn: socket.socket) -> None:
+        """TLS is taken on here, not by the server, so that a failed handshake is logged
+        and a plain-text client is told why (transport/tls.py)."""
+        if self._open_connections >= self.config.max_connections:
+            conn.close()  # before a handshake is spent on it: the client sees it fail
+            self._count_refusal()
+            return
+        try:
+            host, port = conn.getpeername()[:2]
+        except OSError:  # gone already
+            conn.close()
+            return
+        self._open_connections += 1
+        try:
+            assert self.server_ssl is not None
+            stream = await tls.accept_tls(conn, self.server_ssl, lambda why: log.warning(
+                "connection %s:%s: %s; closing it", host, port, why))
+            if stream is not None:
+                await self._serve_connection(*stream)
+        finally:
+            self._open_connections -= 1
+
+    def _count_refusal(self) -> None:
+        """One connection over `max_connections` was refused: counted; logged once a
+        minute."""
         self.counters["connections_refused"] += 1
-        if self.server_ssl is None:
-            refusal = Unavailable(f"node {self.id} has {self._open_connections} connections "
-                                  f"open, its max_connections; try another node")
-            writer.write(encode_frame(rq.error_body(0, refusal)))
-        writer.close()
         now = time.monotonic()
         if now - self._refusal_logged_at >= 60.0:
             self._refusal_logged_at = now
@@ -299,15 +331,6 @@ class Node:
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
-        if self.server_ssl is not None:
-            # TLS is taken on here, not by the server, so that a failed handshake is
-            # logged, and a plain-text client is told why (transport/tls.py).
-            peer = writer.get_extra_info("peername")
-            name = f"{peer[0]}:{peer[1]}" if peer else "?"
-            if not await tls.accept_tls(writer, self.server_ssl, lambda why: log.warning(
-                    "connection %s: %s; closing it", name, why)):
-                writer.close()
-                return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
         try:
@@ -813,6 +836,7 @@ class Node:
             "node": self.id, "address": self.config.listen, "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "raft_core": RAFT_BUILD,
+            "event_loop": loop_name(asyncio.get_running_loop()),
             "shards": shards,
             "peers": {str(p): link.connected for p, link in self.links.items()},
             "counters": dict(self.counters),

@@ -14,7 +14,7 @@ connection is closed: the client fails at once, with the reason.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -27,6 +27,8 @@ from ringlock.errors import ConfigError
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
 """A connection that has not finished its TLS handshake by then is closed."""
 TLS_RECORD_HANDSHAKE = 0x16
+MAX_PLAIN_DISCARD_BYTES = 64 * 1024
+"""What a plain-text client at a TLS port sent, read and dropped before it is told."""
 PLAIN_AT_TLS_PORT = ("this node requires TLS: the client connected in plain text "
                      "(set RINGLOCK_TLS_CA or pass tls_ca=)")
 
@@ -76,20 +78,14 @@ def is_fatal(error: BaseException) -> bool:
         error, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
 
 
-async def first_byte(writer: asyncio.StreamWriter, timeout: float) -> int | None:
-    """The first byte the other side sent, peeked (left for the TLS layer to read), or
-    None if it sent nothing in time or closed. Called first thing on an accepted
-    connection, before the stream has read anything: reading is paused at once, so no
-    byte reaches the plain stream, and a duplicate descriptor waits for the data."""
-    transport = writer.transport
-    assert isinstance(transport, asyncio.ReadTransport)
-    transport.pause_reading()
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return None
+async def first_byte(conn: socket.socket, timeout: float) -> int | None:
+    """The first byte the other side sent on an accepted socket, peeked (left for the
+    TLS layer to read), or None if it sent nothing in time or closed.
+
+    The socket is not yet any transport's: once a stream owns it, the loop may read the
+    ClientHello into the plain stream's buffer before any code of ours runs (uvloop
+    starts reading as it accepts), and a TLS layer started after that never sees it."""
     loop = asyncio.get_running_loop()
-    duplicate = socket.socket(fileno=os.dup(sock.fileno()))
-    duplicate.setblocking(False)
     readable: asyncio.Future[None] = loop.create_future()
 
     def ready() -> None:
@@ -97,38 +93,62 @@ async def first_byte(writer: asyncio.StreamWriter, timeout: float) -> int | None
             readable.set_result(None)
 
     try:
-        loop.add_reader(duplicate.fileno(), ready)
+        loop.add_reader(conn.fileno(), ready)
         try:
             await asyncio.wait_for(readable, timeout)
         finally:
-            loop.remove_reader(duplicate.fileno())
-        data = duplicate.recv(1, socket.MSG_PEEK)
+            loop.remove_reader(conn.fileno())
+        data = conn.recv(1, socket.MSG_PEEK)
     except (OSError, TimeoutError):
         return None
-    finally:
-        duplicate.close()
     return data[0] if data else None
 
 
-async def accept_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext,
-                     refused: Callable[[str], None]) -> bool:
-    """Upgrade an accepted connection to TLS: True if done; else `refused(why)` is
-    called (to log it) before a plain-text client is told, and the caller closes."""
-    first = await first_byte(writer, TLS_HANDSHAKE_TIMEOUT_S)
+async def accept_tls(conn: socket.socket, context: ssl.SSLContext,
+                     refused: Callable[[str], None],
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """An accepted socket as a TLS stream, or None after `refused(why)` was called (to
+    log it) and a plain-text client was told. The socket is the stream's, or closed."""
+    loop = asyncio.get_running_loop()
+    conn.setblocking(False)
+    first = await first_byte(conn, TLS_HANDSHAKE_TIMEOUT_S)
     if first is None:
         refused(f"closed, or silent for TLS_HANDSHAKE_TIMEOUT_S={TLS_HANDSHAKE_TIMEOUT_S:g} s, "
                 "before its TLS handshake")
-        return False
+        conn.close()
+        return None
     if first != TLS_RECORD_HANDSHAKE:
         refused("a plain-text client at this TLS port; telling it so")
-        writer.write(encode_frame({"id": 0, "err": "TlsError", "msg": PLAIN_AT_TLS_PORT}))
-        return False
+        await _tell_and_close(conn, encode_frame(
+            {"id": 0, "err": "TlsError", "msg": PLAIN_AT_TLS_PORT}))
+        return None
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
     try:
-        await writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, conn, ssl=context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
     except (OSError, TimeoutError) as error:
         refused(f"TLS handshake failed: {error}")
-        return False
-    return True
+        conn.close()
+        return None
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def _tell_and_close(conn: socket.socket, frame: bytes) -> None:
+    """Send one frame in plain text and close. What the client sent is read and dropped
+    first: a socket closed with unread data resets the connection, and a reset can
+    destroy the answer before the client reads it."""
+    loop = asyncio.get_running_loop()
+    try:
+        with contextlib.suppress(BlockingIOError):
+            conn.recv(MAX_PLAIN_DISCARD_BYTES)
+        await asyncio.wait_for(loop.sock_sendall(conn, frame), TLS_HANDSHAKE_TIMEOUT_S)
+        conn.shutdown(socket.SHUT_WR)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        conn.close()
 
 
 def peer_certificate(writer: asyncio.StreamWriter) -> Any:

@@ -1,0 +1,74 @@
+"""A listening socket that hands each accepted connection over as a bare socket.
+
+`asyncio.start_server` wraps a connection in a stream before the handler runs, and the
+loop may read from it at once. The TLS listener must look at the first byte before
+anything reads it (transport/tls.py), so it accepts the sockets itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("ringlock.transport")
+
+ACCEPT_RETRY_S = 1.0
+"""After an accept fails (out of descriptors: EMFILE, ENFILE, ENOBUFS), the wait before
+the next try, as asyncio's own server does; the connections already open go on."""
+
+
+class SocketListener:
+    """Accepts on HOST:PORT and runs `handler(conn)` as a task for each connection until
+    closed. The handler owns the socket it is given (closes it or passes it on)."""
+
+    def __init__(self, sock: socket.socket, handler: Callable[[socket.socket], Awaitable[None]],
+                 ) -> None:
+        self._sock = sock
+        self._handler = handler
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_forever())
+
+    @classmethod
+    async def start(cls, handler: Callable[[socket.socket], Awaitable[None]], host: str,
+                    port: int, *, backlog: int) -> SocketListener:
+        sock = socket.create_server((host, port), backlog=backlog)
+        sock.setblocking(False)
+        return cls(sock, handler)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as error:
+                if self._sock.fileno() == -1:
+                    return  # closed
+                log.warning("accept on %s failed: %s; retrying in %g s", self.address,
+                            error, ACCEPT_RETRY_S)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._handle(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        try:
+            await self._handler(conn)
+        except Exception:  # as asyncio's server does: logged, and the next one served
+            log.exception("connection handler failed")
+
+    def close(self) -> None:
+        """Stop accepting. Connections already handed over are their handlers' to end,
+        as with `asyncio.Server.close()`."""
+        self._accepting.cancel()
+        with contextlib.suppress(OSError):
+            self._sock.close()

@@ -1,0 +1,118 @@
+"""The TLS front door in one process, on each event loop: the first byte of an accepted
+socket decides between a handshake and a plain-text refusal, and nothing may read that
+byte first. uvloop starts reading a connection as it accepts it, so a listener that
+made a stream before looking lost the ClientHello of a client that speaks at once."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from ringlock import eventloop
+from ringlock.certs import CertFiles, make_certs
+from ringlock.codec.frames import FrameDecoder, encode_frame
+from ringlock.transport import tls
+from ringlock.transport.listener import SocketListener
+
+LOOPS = ["uvloop", "asyncio"]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    return make_certs(tmp_path_factory.mktemp("tls") / "certs", nodes=1)
+
+
+async def echo_listener(certs: CertFiles, refusals: list[str]) -> SocketListener:
+    cert, key = certs.nodes[1]
+    context = tls.server_context(str(cert), str(key), str(certs.ca))
+
+    async def handle(conn: socket.socket) -> None:
+        stream = await tls.accept_tls(conn, context, refusals.append)
+        if stream is None:
+            return
+        reader, writer = stream
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+        finally:
+            writer.close()
+
+    return await SocketListener.start(handle, "127.0.0.1", 0, backlog=16)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_clients_that_speak_at_once_get_their_handshake(loop: str, certs: CertFiles) -> None:
+    async def main() -> None:
+        refusals: list[str] = []
+        listener = await echo_listener(certs, refusals)
+        host, port = listener.address
+        context = tls.client_context(str(certs.ca))
+        try:
+            async with asyncio.timeout(10):
+                for n in range(20):  # each sends its ClientHello as it connects
+                    reader, writer = await tls.open_stream(f"{host}:{port}", context, 5)
+                    writer.write(b"ping %d" % n)
+                    assert await reader.readexactly(len(b"ping %d" % n)) == b"ping %d" % n
+                    writer.close()
+        finally:
+            listener.close()
+        assert refusals == []
+
+    eventloop.run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_plain_text_client_is_told_the_port_needs_tls(loop: str, certs: CertFiles) -> None:
+    async def main() -> None:
+        refusals: list[str] = []
+        listener = await echo_listener(certs, refusals)
+        host, port = listener.address
+        try:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(encode_frame({"id": 1, "op": "get", "key": b"k"}))
+                answer = await reader.read()  # the frame, then the close
+                writer.close()
+        finally:
+            listener.close()
+        [body] = list(FrameDecoder(max_frame_bytes=1 << 20).feed(answer))
+        assert body["err"] == "TlsError" and "requires TLS" in body["msg"]
+        assert refusals == ["a plain-text client at this TLS port; telling it so"]
+
+    eventloop.run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_silent_client_is_closed_at_the_handshake_deadline(
+        loop: str, certs: CertFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tls, "TLS_HANDSHAKE_TIMEOUT_S", 0.2)
+
+    async def main() -> None:
+        refusals: list[str] = []
+        listener = await echo_listener(certs, refusals)
+        host, port = listener.address
+        try:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection(host, port)
+                assert await reader.read() == b""  # closed by the node, not by us
+                writer.close()
+        finally:
+            listener.close()
+        assert len(refusals) == 1 and "silent" in refusals[0]
+
+    eventloop.run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_closed_listener_accepts_no_more(loop: str, certs: CertFiles) -> None:
+    async def main() -> None:
+        listener = await echo_listener(certs, [])
+        host, port = listener.address
+        listener.close()
+        await asyncio.sleep(0)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(host, port)
+
+    eventloop.run(main(), loop)
