@@ -12,10 +12,12 @@ from typing import Any
 
 import click
 
+from ringlock import eventloop
 from ringlock.benchmark import kv
 from ringlock.benchmark.locks import run_lock_workload
 from ringlock.benchmark.rebalance import rebalance_bench
 from ringlock.devcluster import DevCluster, free_base_port
+from ringlock.errors import ConfigError
 from ringlock.raft import BUILD as RAFT_BUILD
 
 
@@ -55,14 +57,18 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
     unknown = [w for w in names if w not in kv.WORKLOADS and w not in LOCK_WORKLOADS]
     if unknown:
         raise click.UsageError(f"unknown workloads {unknown}; known: {sorted(kv.WORKLOADS)}")
+    try:
+        loop = eventloop.chosen()  # the load generators', and a started cluster's
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
     with tempfile.TemporaryDirectory(prefix="ringlock-bench-") as tmp:
         dev = None
         if cluster is None:
             dev = DevCluster(Path(tmp) / "cluster", nodes=3, base_port=free_base_port(4),
                              shards=shards, fsync=not no_fsync, name="bench")
             click.echo(f"starting a 3-node cluster ({shards} shards, fsync "
-                       f"{'off' if no_fsync else 'on'}, Raft core {RAFT_BUILD}) in "
-                       f"{dev.data_dir} ...")
+                       f"{'off' if no_fsync else 'on'}, Raft core {RAFT_BUILD}, "
+                       f"event loop {loop}) in {dev.data_dir} ...")
             dev.start()
             if not dev.wait_balanced(timeout=60):  # measure the steady state
                 click.echo("warning: shard leaders are not evenly spread; measuring anyway")
@@ -73,6 +79,7 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
             report = _run(addresses, dev, [n for n in names if n in kv.WORKLOADS], seconds,
                           in_flight, keys, processes, idle_seconds, memory_keys)
             report["raft_core"] = RAFT_BUILD  # of this install, which a started cluster runs
+            report["event_loop"] = loop
             for name in [n for n in names if n in LOCK_WORKLOADS]:
                 click.echo(f"{name} ({LOCK_WORKLOADS[name]}) for {seconds:g} s ...")
                 report["results"].append(run_lock_workload(
