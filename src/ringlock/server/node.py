@@ -490,19 +490,27 @@ class Node:
                         else:
                             later.append(message)
                     rd.messages = later
-                replica.apply(rd)
-                self.watches.on_applied(replica)  # watch streams: server/watches.py
-                batch.append((replica, rd))
+                leads = replica.raft.role == Role.LEADER
+                if leads:
+                    self._apply(replica, rd)
+                batch.append((replica, rd, leads))
+            # What may leave before the fsync does: a leader's appends, and answers to
+            # entries already committed (durable on a quorum) and to reads. The answers
+            # leave now in any case, not after the rest of the turn.
+            for connection in list(self.answers_waiting):
+                connection.flush()
             if storage.pending():
-                # What may leave before the fsync does: a leader's appends, and answers
-                # to entries already committed (durable on a quorum) and to reads.
                 self._flush_links()
-                for connection in list(self.answers_waiting):
-                    connection.flush()
                 storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
                 self.counters["syncs"] += 1
-            for replica, rd in batch:
+            for _, rd, _ in batch:
                 self._send(rd.messages)
+            # A follower's acknowledgements leave before it applies: its leader waits for
+            # them to commit, and nobody waits for a follower's apply.
+            self._flush_links()
+            for replica, rd, leads in batch:
+                if not leads:
+                    self._apply(replica, rd)
                 replica.advance(rd)
                 snapshot = replica.maybe_compact(self.config.compact_every)
                 if snapshot is not None:
@@ -517,6 +525,10 @@ class Node:
             # One turn of the event loop between drive turns: the frames that arrived
             # meanwhile are read and stepped, and join the next turn's batch.
             await asyncio.sleep(0)
+
+    def _apply(self, replica: ShardReplica[Any], rd: Any) -> None:
+        replica.apply(rd)
+        self.watches.on_applied(replica)  # watch streams: server/watches.py
 
     async def _gather(self) -> None:
         """Let what the sockets already hold reach the Raft cores before a turn, so that
