@@ -66,13 +66,21 @@ def _uvloop_importable() -> bool:
 
 def loop_factory(name: str | None = None) -> Callable[[], asyncio.AbstractEventLoop]:
     """A factory for new loops of the chosen kind (`name`, else from the environment)."""
-    if (name or chosen()) == "uvloop":
-        factory: Callable[[], asyncio.AbstractEventLoop] = _import_uvloop().new_event_loop
+    name = name or chosen()
+    if name not in CHOICES:
+        raise ConfigError(f"event loop {name!r}: expected one of {', '.join(CHOICES)}")
+    if name == "uvloop":
+        try:
+            uvloop = _import_uvloop()
+        except ImportError as error:
+            raise ConfigError(f"event loop uvloop: cannot import it ({error})") from error
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory
     return asyncio.new_event_loop
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new loop of the kind the environment chooses (the sync `Client`'s thread)."""
     return loop_factory()()
 
 

@@ -30,8 +30,9 @@ DEADLINE_S = 20.0
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def node_loop(request: pytest.FixtureRequest) -> str:
-    """The nodes' event loop. The TLS front door peeks at a connection's first byte
-    through the loop's transport, which is where the two loops differ."""
+    """The nodes' event loop. The loops differ in when they start reading an accepted
+    connection, and the TLS front door must see its first byte before anything reads
+    it (transport/tls.py)."""
     return str(request.param)
 
 

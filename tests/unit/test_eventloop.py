@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -40,6 +41,10 @@ def test_without_uvloop_unset_falls_back_and_asking_for_it_is_an_error(
 def test_an_unknown_loop_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match=f"{EVENT_LOOP_ENV}='trio': expected one of"):
         eventloop.chosen({EVENT_LOOP_ENV: "trio"})
+    main = running_loop()
+    with pytest.raises(ConfigError, match="event loop 'trio': expected one of"):
+        eventloop.run(main, "trio")
+    assert main.cr_frame is None
 
 
 @pytest.mark.parametrize("name", ["uvloop", "asyncio"])
@@ -77,8 +82,7 @@ def test_the_sync_client_runs_its_private_loop_as_chosen(
             client.close()
 
 
-def test_serve_refuses_a_bad_loop_setting_before_starting(
-        tmp_path: os.PathLike[str]) -> None:
+def test_serve_refuses_a_bad_loop_setting_before_starting(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["serve", "--id", "1", "--listen", "127.0.0.1:1", "--data", str(tmp_path)],
         env={EVENT_LOOP_ENV: "nope"})

@@ -111,7 +111,7 @@ def test_a_closed_listener_accepts_no_more(loop: str, certs: CertFiles) -> None:
         listener = await echo_listener(certs, [])
         host, port = listener.address
         listener.close()
-        await asyncio.sleep(0)
+        await listener.wait_closed()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(host, port)
 

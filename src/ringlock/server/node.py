@@ -4,13 +4,15 @@ One turn of the drive loop, for every shard that has work (the documented Ready 
 
   1. take each shard's Ready; hand its entries, hard state and snapshot to the node's
      one write-ahead log; a leader's APPENDs may leave now (thesis §10.2.1);
-  2. apply committed entries and answer them, and reads: a committed entry is durable
-     on a quorum, so its answer may leave before this node's fsync (etcd's server too);
+  2. a leader applies committed entries and answers them, and reads: a committed entry
+     is durable on a quorum, so its answer may leave before this node's fsync (etcd's
+     server too), and it leaves at once;
   3. one fsync, inline (a worker thread measured slower, docs/PERFORMANCE.md), covers
      every shard's writes of this turn (group commit); no follower acknowledges before
      it;
-  4. send the remaining messages, advance the cores; one frame per peer carries every
-     shard's messages.
+  4. send the remaining messages; a follower then applies (its leader waits for its
+     acknowledgement, nobody for its apply); advance the cores. One frame per peer
+     carries every shard's messages.
 
 Linearizable reads use ReadIndex (docs/PROTOCOL.md): the leader confirms with a quorum
 that it still leads, then serves from its state machine once applied up to the commit
@@ -49,7 +51,7 @@ from ringlock.errors import (
 from ringlock.eventloop import loop_name
 from ringlock.invariant import invariant
 from ringlock.raft import BUILD as RAFT_BUILD
-from ringlock.raft.messages import MessageType, Role, Snapshot
+from ringlock.raft.messages import MessageType, Ready, Role, Snapshot
 from ringlock.server import requests as rq
 from ringlock.server.config import NodeConfig
 from ringlock.server.connection import Connection
@@ -72,10 +74,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringlock.server")
 
-GATHER_YIELDS = 2
-"""Loop iterations a drive turn waits after it is woken (see Node._gather). Measured on
-W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the
-syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds."""
+GATHER_YIELDS = 1
+"""Loop iterations a drive turn waits after it is woken (see Node._gather). On the
+standard loop, W1 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835
+(median) and the syncs per write from 0.2 to 0.1. On uvloop 1 does as well for W1 and
+better for L2 (ABBA, session 10: L2 710 against 684, W1 9,016 against 8,929)."""
 GATHER_MORE_YIELDS = 2
 """Further iterations, each only while the previous one brought work for new shards."""
 GC_THRESHOLDS = (200_000, 20, 20)
@@ -84,7 +87,9 @@ FILES_BESIDE_CONNECTIONS = 256
 """Open files a node needs besides its connections: WAL segments, snapshot files, its
 log, its outgoing peer links and relays."""
 LISTEN_BACKLOG = 1024
-"""Connections the kernel queues for the listener before it accepts them."""
+"""Connections the kernel queues before the node accepts them: room for every client of
+a large deployment reconnecting at once after a failover (the kernel caps it at
+net.core.somaxconn)."""
 SHUTDOWN_TRANSFER_S = 3.0
 """How long a stopping node waits for its shards' leadership to move elsewhere."""
 FORWARDABLE_OPS = frozenset({"get", "put", "delete", "cas", "scan", "lease_grant",
@@ -313,7 +318,9 @@ class Node:
             assert self.server_ssl is not None
             stream = await tls.accept_tls(conn, self.server_ssl, lambda why: log.warning(
                 "connection %s:%s: %s; closing it", host, port, why))
-            if stream is not None:
+            if stream is not None and self._stopping:  # the handshake outlived the node
+                stream[1].close()
+            elif stream is not None:
                 await self._serve_connection(*stream)
         finally:
             self._open_connections -= 1
@@ -506,7 +513,8 @@ class Node:
             for _, rd, _ in batch:
                 self._send(rd.messages)
             # A follower's acknowledgements leave before it applies: its leader waits for
-            # them to commit, and nobody waits for a follower's apply.
+            # them to commit. What a follower's apply answers (a deposed leader's last
+            # proposals, its lock waits, watches) can wait for the fsync and the sends.
             self._flush_links()
             for replica, rd, leads in batch:
                 if not leads:
@@ -526,7 +534,9 @@ class Node:
             # meanwhile are read and stepped, and join the next turn's batch.
             await asyncio.sleep(0)
 
-    def _apply(self, replica: ShardReplica[Any], rd: Any) -> None:
+    def _apply(self, replica: ShardReplica[Any], rd: Ready) -> None:
+        """Apply `rd`'s committed entries and tell the watches: at once on a leader,
+        after the turn's sends on a follower (see `_drive_loop`)."""
         replica.apply(rd)
         self.watches.on_applied(replica)  # watch streams: server/watches.py
 

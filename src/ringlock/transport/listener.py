@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,8 +17,11 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger("ringlock.transport")
 
 ACCEPT_RETRY_S = 1.0
-"""After an accept fails (out of descriptors: EMFILE, ENFILE, ENOBUFS), the wait before
-the next try, as asyncio's own server does; the connections already open go on."""
+"""After an accept fails for want of resources (descriptors, buffers, memory), the wait
+before the next try, as asyncio's own server does; the connections already open go on.
+Other failures belong to one connection (it was reset before it was taken) and the
+next accept follows at once."""
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class SocketListener:
@@ -30,11 +34,15 @@ class SocketListener:
         self._handler = handler
         self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept_forever())
+        self._accepting.add_done_callback(self._accepting_ended)
 
     @classmethod
     async def start(cls, handler: Callable[[socket.socket], Awaitable[None]], host: str,
                     port: int, *, backlog: int) -> SocketListener:
-        sock = socket.create_server((host, port), backlog=backlog)
+        """Listening on HOST:PORT (an IPv6 literal binds IPv6; a name binds the first
+        address it resolves to)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=backlog)
         sock.setblocking(False)
         return cls(sock, handler)
 
@@ -51,11 +59,16 @@ class SocketListener:
             except OSError as error:
                 if self._sock.fileno() == -1:
                     return  # closed
-                log.warning("accept on %s failed: %s; retrying in %g s", self.address,
-                            error, ACCEPT_RETRY_S)
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                if error.errno in _OUT_OF_RESOURCES:
+                    log.warning("accept on %s failed: %s; retrying in %g s", self.address,
+                                error, ACCEPT_RETRY_S)
+                    await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already
+                conn.close()
+                continue
             task = loop.create_task(self._handle(conn))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
@@ -66,9 +79,19 @@ class SocketListener:
         except Exception:  # as asyncio's server does: logged, and the next one served
             log.exception("connection handler failed")
 
-    def close(self) -> None:
-        """Stop accepting. Connections already handed over are their handlers' to end,
-        as with `asyncio.Server.close()`."""
-        self._accepting.cancel()
+    def _accepting_ended(self, task: asyncio.Task[None]) -> None:
+        # The socket closes only once the accept is off the loop: closed under a pending
+        # accept, its descriptor number could be reused while the loop still watches it.
         with contextlib.suppress(OSError):
             self._sock.close()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("listener on %s stopped accepting", self._sock, exc_info=task.exception())
+
+    def close(self) -> None:
+        """Stop accepting. Connections already handed over are their handlers' to end,
+        as with `asyncio.Server.close()` (a node answers its open requests first)."""
+        self._accepting.cancel()
+
+    async def wait_closed(self) -> None:
+        """Until the listening socket is closed (after `close`)."""
+        await asyncio.wait({self._accepting})

@@ -109,6 +109,16 @@ async def accept_tls(conn: socket.socket, context: ssl.SSLContext,
                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     """An accepted socket as a TLS stream, or None after `refused(why)` was called (to
     log it) and a plain-text client was told. The socket is the stream's, or closed."""
+    try:
+        return await _upgrade(conn, context, refused)
+    except BaseException:  # cancelled (the node is stopping): the socket is not left open
+        conn.close()
+        raise
+
+
+async def _upgrade(conn: socket.socket, context: ssl.SSLContext,
+                   refused: Callable[[str], None],
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
     first = await first_byte(conn, TLS_HANDSHAKE_TIMEOUT_S)
