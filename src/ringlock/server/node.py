@@ -74,11 +74,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringlock.server")
 
-GATHER_YIELDS = 1
-"""Loop iterations a drive turn waits after it is woken (see Node._gather). On the
-standard loop, W1 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835
-(median) and the syncs per write from 0.2 to 0.1. On uvloop 1 does as well for W1 and
-better for L2 (ABBA, session 10: L2 710 against 684, W1 9,016 against 8,929)."""
+GATHER_YIELDS = 2
+"""Loop iterations a drive turn waits after it is woken (see Node._gather). Measured on
+W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the
+syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds.
+On uvloop, 1 against 2 came out +4% and -1% for L2 in two sets (docs/PERFORMANCE.md,
+session 10): inside the noise, so 2 stays."""
 GATHER_MORE_YIELDS = 2
 """Further iterations, each only while the previous one brought work for new shards."""
 GC_THRESHOLDS = (200_000, 20, 20)
