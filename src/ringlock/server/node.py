@@ -469,75 +469,82 @@ class Node:
     # ---------------------------------------------------------------------- driving
 
     async def _drive_loop(self) -> None:
-        storage = self.storage
-        assert storage is not None
+        assert self.storage is not None
         while True:
             await self._wake.wait()
             await self._gather()
             self._wake.clear()
-            dirty, self._dirty = self._dirty, set()
-            batch = []
-            for shard in dirty:
-                replica = self.replicas.get(shard)
-                if replica is None:
-                    continue
-                rd = replica.raft.take_ready()
-                if rd is None:
-                    continue
-                if rd.snapshot is not None:
-                    storage.save_snapshot(shard, rd.snapshot)
-                    self.counters["snapshots_installed"] += 1
-                hard_state = replica.hard_state_to_persist(rd.hard_state)
-                if rd.entries or hard_state is not None:
-                    storage.append(shard, hard_state, rd.entries)
-                if rd.appends_may_precede_persist and rd.messages:
-                    later = []
-                    for message in rd.messages:  # appends leave now, the rest after the fsync
-                        if message.type == MessageType.APPEND:
-                            self._send_one(message)
-                        else:
-                            later.append(message)
-                    rd.messages = later
-                leads = replica.raft.role == Role.LEADER
-                if leads:
-                    self._apply(replica, rd)
-                batch.append((replica, rd, leads))
-            # What may leave before the fsync does: a leader's appends, and answers to
-            # entries already committed (durable on a quorum) and to reads. The answers
-            # leave now in any case, not after the rest of the turn.
-            for connection in list(self.answers_waiting):
-                connection.flush()
-            if storage.pending():
-                self._flush_links()
-                storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
-                self.counters["syncs"] += 1
-            for _, rd, _ in batch:
-                self._send(rd.messages)
-            # A follower's acknowledgements leave before it applies: its leader waits for
-            # them to commit. What a follower's apply answers (a deposed leader's last
-            # proposals, its lock waits, watches) can wait for the fsync and the sends.
-            self._flush_links()
-            for replica, rd, leads in batch:
-                if not leads:
-                    self._apply(replica, rd)
-                replica.advance(rd)
-                snapshot = replica.maybe_compact(self.config.compact_every)
-                if snapshot is not None:
-                    storage.save_snapshot(replica.shard, snapshot)
-                    storage.compact(replica.shard, snapshot.meta.index)
-                if replica.needs_another_turn():
-                    self._dirty.add(replica.shard)
-            self._flush_links()
-            self.membership.after_turn()
+            self._turn()
             if self._dirty:
                 self._wake.set()
             # One turn of the event loop between drive turns: the frames that arrived
             # meanwhile are read and stepped, and join the next turn's batch.
             await asyncio.sleep(0)
 
+    def _turn(self) -> None:
+        """One drive turn over the shards marked dirty (the order in this module's
+        docstring). Nothing in it awaits: no message is stepped between a Ready's
+        take and its advance."""
+        storage = self.storage
+        assert storage is not None
+        dirty, self._dirty = self._dirty, set()
+        batch = []
+        for shard in dirty:
+            replica = self.replicas.get(shard)
+            if replica is None:
+                continue
+            rd = replica.raft.take_ready()
+            if rd is None:
+                continue
+            if rd.snapshot is not None:
+                storage.save_snapshot(shard, rd.snapshot)
+                self.counters["snapshots_installed"] += 1
+            hard_state = replica.hard_state_to_persist(rd.hard_state)
+            if rd.entries or hard_state is not None:
+                storage.append(shard, hard_state, rd.entries)
+            if rd.appends_may_precede_persist and rd.messages:
+                later = []
+                for message in rd.messages:  # appends leave now, the rest after the fsync
+                    if message.type == MessageType.APPEND:
+                        self._send_one(message)
+                    else:
+                        later.append(message)
+                rd.messages = later
+            leads = replica.raft.role == Role.LEADER
+            if leads:
+                self._apply(replica, rd)
+            batch.append((replica, rd, leads))
+        # What may leave before the fsync does: a leader's appends, and answers to
+        # entries already committed (durable on a quorum) and to reads. The answers
+        # leave now in any case, not after the rest of the turn.
+        for connection in list(self.answers_waiting):
+            connection.flush()
+        if storage.pending():
+            self._flush_links()
+            storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
+            self.counters["syncs"] += 1
+        for _, rd, _ in batch:
+            self._send(rd.messages)
+        # A follower's acknowledgements leave before it applies: its leader waits for
+        # them to commit. What a follower's apply answers (a deposed leader's last
+        # proposals, its lock waits, watches) can wait for the fsync and the sends.
+        self._flush_links()
+        for replica, rd, leads in batch:
+            if not leads:
+                self._apply(replica, rd)
+            replica.advance(rd)
+            snapshot = replica.maybe_compact(self.config.compact_every)
+            if snapshot is not None:
+                storage.save_snapshot(replica.shard, snapshot)
+                storage.compact(replica.shard, snapshot.meta.index)
+            if replica.needs_another_turn():
+                self._dirty.add(replica.shard)
+        self._flush_links()
+        self.membership.after_turn()
+
     def _apply(self, replica: ShardReplica[Any], rd: Ready) -> None:
         """Apply `rd`'s committed entries and tell the watches: at once on a leader,
-        after the turn's sends on a follower (see `_drive_loop`)."""
+        after the turn's sends on a follower (see `_turn`)."""
         replica.apply(rd)
         self.watches.on_applied(replica)  # watch streams: server/watches.py
 
