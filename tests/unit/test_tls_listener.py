@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -42,22 +44,30 @@ async def echo_listener(certs: CertFiles, refusals: list[str]) -> SocketListener
     return await SocketListener.start(handle, "127.0.0.1", 0, backlog=16)
 
 
+@asynccontextmanager
+async def echoing(certs: CertFiles) -> AsyncIterator[tuple[str, int, list[str]]]:
+    """An echo listener for the block (host, port and the refusals it logged), which
+    must end within 10 s; closed after it."""
+    refusals: list[str] = []
+    listener = await echo_listener(certs, refusals)
+    host, port = listener.address
+    try:
+        async with asyncio.timeout(10):
+            yield host, port, refusals
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_clients_that_speak_at_once_get_their_handshake(loop: str, certs: CertFiles) -> None:
     async def main() -> None:
-        refusals: list[str] = []
-        listener = await echo_listener(certs, refusals)
-        host, port = listener.address
         context = tls.client_context(str(certs.ca))
-        try:
-            async with asyncio.timeout(10):
-                for n in range(20):  # each sends its ClientHello as it connects
-                    reader, writer = await tls.open_stream(f"{host}:{port}", context, 5)
-                    writer.write(b"ping %d" % n)
-                    assert await reader.readexactly(len(b"ping %d" % n)) == b"ping %d" % n
-                    writer.close()
-        finally:
-            listener.close()
+        async with echoing(certs) as (host, port, refusals):
+            for n in range(20):  # each sends its ClientHello as it connects
+                reader, writer = await tls.open_stream(f"{host}:{port}", context, 5)
+                writer.write(b"ping %d" % n)
+                assert await reader.readexactly(len(b"ping %d" % n)) == b"ping %d" % n
+                writer.close()
         assert refusals == []
 
     eventloop.run(main(), loop)
@@ -66,17 +76,11 @@ def test_clients_that_speak_at_once_get_their_handshake(loop: str, certs: CertFi
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_plain_text_client_is_told_the_port_needs_tls(loop: str, certs: CertFiles) -> None:
     async def main() -> None:
-        refusals: list[str] = []
-        listener = await echo_listener(certs, refusals)
-        host, port = listener.address
-        try:
-            async with asyncio.timeout(10):
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(encode_frame({"id": 1, "op": "get", "key": b"k"}))
-                answer = await reader.read()  # the frame, then the close
-                writer.close()
-        finally:
-            listener.close()
+        async with echoing(certs) as (host, port, refusals):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(encode_frame({"id": 1, "op": "get", "key": b"k"}))
+            answer = await reader.read()  # the frame, then the close
+            writer.close()
         [body] = list(FrameDecoder(max_frame_bytes=1 << 20).feed(answer))
         assert body["err"] == "TlsError" and "requires TLS" in body["msg"]
         assert refusals == ["a plain-text client at this TLS port; telling it so"]
@@ -90,16 +94,10 @@ def test_a_silent_client_is_closed_at_the_handshake_deadline(
     monkeypatch.setattr(tls, "TLS_HANDSHAKE_TIMEOUT_S", 0.2)
 
     async def main() -> None:
-        refusals: list[str] = []
-        listener = await echo_listener(certs, refusals)
-        host, port = listener.address
-        try:
-            async with asyncio.timeout(10):
-                reader, writer = await asyncio.open_connection(host, port)
-                assert await reader.read() == b""  # closed by the node, not by us
-                writer.close()
-        finally:
-            listener.close()
+        async with echoing(certs) as (host, port, refusals):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await reader.read() == b""  # closed by the node, not by us
+            writer.close()
         assert len(refusals) == 1 and "silent" in refusals[0]
 
     eventloop.run(main(), loop)

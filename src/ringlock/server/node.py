@@ -517,8 +517,9 @@ class Node:
         # What may leave before the fsync does: a leader's appends, and answers to
         # entries already committed (durable on a quorum) and to reads. The answers
         # leave now in any case, not after the rest of the turn.
-        for connection in list(self.answers_waiting):
-            connection.flush()
+        if self.answers_waiting:
+            for connection in list(self.answers_waiting):
+                connection.flush()
         if storage.pending():
             self._flush_links()
             storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
@@ -528,6 +529,7 @@ class Node:
         # A follower's acknowledgements leave before it applies: its leader waits for
         # them to commit. What a follower's apply answers (a deposed leader's last
         # proposals, its lock waits, watches) can wait for the fsync and the sends.
+        # The turn's one flush after its sends: nothing below queues a Raft message.
         self._flush_links()
         for replica, rd, leads in batch:
             if not leads:
@@ -539,7 +541,6 @@ class Node:
                 storage.compact(replica.shard, snapshot.meta.index)
             if replica.needs_another_turn():
                 self._dirty.add(replica.shard)
-        self._flush_links()
         self.membership.after_turn()
 
     def _apply(self, replica: ShardReplica[Any], rd: Ready) -> None:

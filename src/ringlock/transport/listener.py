@@ -31,6 +31,10 @@ class SocketListener:
     def __init__(self, sock: socket.socket, handler: Callable[[socket.socket], Awaitable[None]],
                  ) -> None:
         self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address: tuple[str, int] = (str(host), int(port))
+        """Where it listens (the port the kernel chose, for port 0); kept, as the socket
+        cannot say once closed."""
         self._handler = handler
         self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept_forever())
@@ -45,11 +49,6 @@ class SocketListener:
         sock = socket.create_server((host, port), family=family, backlog=backlog)
         sock.setblocking(False)
         return cls(sock, handler)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return str(host), int(port)
 
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +84,8 @@ class SocketListener:
         with contextlib.suppress(OSError):
             self._sock.close()
         if not task.cancelled() and task.exception() is not None:
-            log.error("listener on %s stopped accepting", self._sock, exc_info=task.exception())
+            log.error("listener on %s:%d stopped accepting", *self.address,
+                      exc_info=task.exception())
 
     def close(self) -> None:
         """Stop accepting. Connections already handed over are their handlers' to end,
