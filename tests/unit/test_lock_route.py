@@ -1,47 +1,49 @@
-"""AsyncLock._call_or_moved: the lock call raced against a change of the shard's leader.
-A change gives None at once and leaves the acquiring task uncancelled, even when the call
-swallows its own cancel; an answer is returned; an outside cancel still reaches the
-caller; a change already known makes no call."""
+"""AsyncLock._call_or_moved: the lock call raced against a change of the shard's leader,
+over a real RpcConnection to an in-process node stand-in. A change gives None at once,
+frees the call's slot and cancels nothing; an answer is returned; an outside cancel
+still reaches the caller; a change already known sends nothing."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from ringlock.client.locks import AsyncLock
+from ringlock.codec.frames import FrameDecoder, encode_frame
+from ringlock.transport.rpc import Abandoned, RpcConnection
+
+
+class Stand:
+    """A node stand-in: records each request; answers those whose op is "answer"."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for body in decoder.feed(data):
+                self.requests.append(body)
+                if body.get("op") == "answer":
+                    writer.write(encode_frame({"id": body["id"], "ok": ["granted", 7]}))
+        writer.close()
 
 
 class FakeClient:
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.route: asyncio.Future[None] = loop.create_future()
-        self.answer: asyncio.Future[Any] = loop.create_future()
-        self.calls = 0
+    def __init__(self, connection: RpcConnection) -> None:
+        self.connection = connection
+        self.route: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def route_changed(self, shard: int) -> asyncio.Future[None]:
         return self.route
 
     async def shard_call(self, shard: int, body: dict[str, Any], timeout: float, *,
-                         attempt_timeout: float) -> Any:
-        self.calls += 1
-        return await self.answer
-
-
-class SwallowingClient(FakeClient):
-    """Its call first waits for a connection with wait_for, which in 3.11 returns the
-    connection instead of raising when it opened in the same loop turn as the cancel."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def shard_call(self, shard: int, body: dict[str, Any], timeout: float, *,
-                         attempt_timeout: float) -> Any:
-        self.calls += 1
-        await asyncio.wait_for(self.connected, timeout)
-        return await self.answer
+                         attempt_timeout: float, abandon: asyncio.Future[None]) -> Any:
+        return await self.connection.call(body, attempt_timeout, abandon=abandon)
 
 
 class Holder:
@@ -49,92 +51,107 @@ class Holder:
         self.client = client
 
 
-async def call(client: FakeClient) -> asyncio.Future[Any] | None:
-    return await AsyncLock._call_or_moved(Holder(client), 1, {}, 5.0)  # type: ignore[arg-type]
+@asynccontextmanager
+async def standing() -> AsyncIterator[tuple[Stand, FakeClient]]:
+    stand = Stand()
+    server = await asyncio.start_server(stand.serve, "127.0.0.1", 0)
+    connection = RpcConnection(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        async with asyncio.timeout(10):
+            await connection.connect()
+            yield stand, FakeClient(connection)
+    finally:
+        await connection.close()
+        server.close()
 
 
-def test_a_leader_change_during_the_call_gives_none_and_leaves_the_task_uncancelled() -> None:
+async def sent(stand: Stand, count: int) -> None:
+    """Until the stand-in has read `count` requests (the test's timeout bounds it)."""
+    while len(stand.requests) < count:
+        await asyncio.sleep(0.001)
+
+
+async def call(client: FakeClient, op: str = "wait") -> asyncio.Future[Any] | None:
+    return await AsyncLock._call_or_moved(Holder(client), 1, {"op": op},  # type: ignore[arg-type]
+                                          60.0)
+
+
+def test_a_leader_change_during_the_call_gives_none_frees_it_and_cancels_nothing() -> None:
     async def main() -> None:
-        client = FakeClient()
-        task = asyncio.ensure_future(call(client))
-        await asyncio.sleep(0)
-        client.route.set_result(None)
-        assert await task is None
-        assert task.cancelling() == 0
+        async with standing() as (stand, client):
+            task = asyncio.ensure_future(call(client))
+            await sent(stand, 1)
+            client.route.set_result(None)
+            assert await task is None
+            assert task.cancelling() == 0
+            assert client.connection._waiting == {}
 
-        async def inside() -> tuple[Any, int]:  # the same, seen from the acquiring task
-            client2 = FakeClient()
-            asyncio.get_running_loop().call_soon(client2.route.set_result, None)
-            result = await call(client2)
-            await asyncio.sleep(0)  # no cancel left pending in this task
-            current = asyncio.current_task()
-            assert current is not None
-            return result, current.cancelling()
+            async def inside() -> tuple[Any, int]:  # the same, seen from the acquiring task
+                again = FakeClient(client.connection)
+                asyncio.get_running_loop().call_later(0.05, again.route.set_result, None)
+                result = await call(again)
+                await asyncio.sleep(0)  # no cancel left pending in this task
+                current = asyncio.current_task()
+                assert current is not None
+                return result, current.cancelling()
 
-        assert await inside() == (None, 0)
+            assert await inside() == (None, 0)
 
     asyncio.run(main())
 
 
 def test_an_answer_is_returned_and_a_later_leader_change_cancels_nothing() -> None:
     async def main() -> None:
-        client = FakeClient()
-        client.answer.set_result(("granted", 7))
-        answer = await call(client)
-        assert answer is not None and answer.result() == ("granted", 7)
-        client.route.set_result(None)  # its callback was removed, or finds the call over
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)  # would raise CancelledError had the change cancelled us
+        async with standing() as (_, client):
+            answer = await call(client, "answer")
+            assert answer is not None and answer.result() == ["granted", 7]
+            client.route.set_result(None)  # its callback was removed
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # would raise here had the change cancelled us
 
-        failing = FakeClient()
-        failing.answer.set_exception(TimeoutError("slow"))
-        answer = await call(failing)
-        assert answer is not None
-        with pytest.raises(TimeoutError):
-            answer.result()
+    asyncio.run(main())
+
+
+def test_a_failed_call_is_returned_as_its_error() -> None:
+    async def main() -> None:
+        async with standing() as (_, client):
+            client.connection.broken = True  # refuses to send: Unavailable
+            answer = await call(client)
+            assert answer is not None
+            with pytest.raises(Exception, match="broken"):
+                answer.result()
 
     asyncio.run(main())
 
 
 def test_a_cancel_from_outside_is_not_swallowed_even_with_a_leader_change() -> None:
     async def main() -> None:
-        client = FakeClient()
-        task = asyncio.ensure_future(call(client))
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with standing() as (stand, client):
+            task = asyncio.ensure_future(call(client))
+            await sent(stand, 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
-        both = FakeClient()
-        task = asyncio.ensure_future(call(both))
-        await asyncio.sleep(0)
-        both.route.set_result(None)
-        task.cancel()  # the caller gives up too: that cancel must reach it
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
-
-
-def test_a_route_already_changed_makes_no_call() -> None:
-    async def main() -> None:
-        client = FakeClient()
-        client.route.set_result(None)
-        assert await call(client) is None
-        assert client.calls == 0
+            both = FakeClient(client.connection)
+            task = asyncio.ensure_future(call(both))
+            await sent(stand, 2)
+            both.route.set_result(None)
+            task.cancel()  # the caller gives up too: that cancel must reach it
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
     asyncio.run(main())
 
 
-def test_a_leader_change_wakes_the_wait_even_if_the_call_swallows_its_cancel() -> None:
+def test_a_route_already_changed_sends_nothing() -> None:
     async def main() -> None:
-        client = SwallowingClient()
-        task = asyncio.ensure_future(call(client))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        client.connected.set_result(None)  # the connection opens in the same turn ...
-        client.route.set_result(None)  # ... as the leader is given up
-        assert await asyncio.wait_for(task, 2.0) is None  # not left waiting at the old one
-        assert task.cancelling() == 0
+        async with standing() as (stand, client):
+            client.route.set_result(None)
+            assert await call(client) is None
+            with pytest.raises(Abandoned):  # nor does a call abandoned before it is sent
+                await client.connection.call({"op": "wait"}, 1.0, abandon=client.route)
+            assert await client.connection.call({"op": "answer"}, 5.0) == ["granted", 7]
+            assert [r["op"] for r in stand.requests] == ["answer"]
 
     asyncio.run(main())

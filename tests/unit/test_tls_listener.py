@@ -36,8 +36,7 @@ async def echo_listener(certs: CertFiles, refusals: list[str]) -> SocketListener
             return
         reader, writer = stream
         try:
-            while data := await reader.read(65536):
-                writer.write(data)
+            await reader.consume(writer.write)
         finally:
             writer.close()
 

@@ -474,7 +474,9 @@ class AsyncClient:
 
     async def _shard_call(self, shard: int, body: dict[str, Any], timeout: float | None, *,
                           stale_ok: bool = False, attempt_timeout: float = ATTEMPT_TIMEOUT_S,
-                          ) -> Any:
+                          abandon: asyncio.Future[None] | None = None) -> Any:
+        """`body`'s answer from the shard's leader, following it as it moves, retrying
+        what is safe to retry; `Abandoned` once `abandon` is done (RpcConnection.call)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         attempt = 0
@@ -493,7 +495,7 @@ class AsyncClient:
             attempt += 1
             try:
                 return await self._connection(address).call(
-                    body, min(attempt_timeout, remaining))
+                    body, min(attempt_timeout, remaining), abandon=abandon)
             except WaitSuperseded as error:
                 last = error  # our own newer wait replaced it there: ask again, same place
                 continue

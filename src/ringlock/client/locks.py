@@ -40,6 +40,7 @@ from ringlock.errors import (
     RequestTimeout,
 )
 from ringlock.sharding.keys import shard_of
+from ringlock.transport.rpc import Abandoned
 
 if TYPE_CHECKING:
     from ringlock.client.aio import AsyncClient, Lease
@@ -439,37 +440,28 @@ class AsyncLock:
 
     async def _call_or_moved(self, shard: int, body: dict[str, Any],
                              remaining: float) -> asyncio.Future[Any] | None:
-        """The call's answer, or None if this client stopped believing in the shard's
-        leader first (a keepalive or another call found it gone).
+        """The call's answer (a done future), or None if this client stopped believing
+        in the shard's leader first (a keepalive or another call found it gone).
 
-        The call runs as a task of its own, cancelled when the route changes. Running it
-        in the acquiring task and cancelling that one instead saves a task per acquire,
-        but a cancel can be swallowed on the way (3.11's `wait_for` returns a connect
-        that finished in the same loop turn), and the wait would then stay at a leader
-        this client no longer believes in."""
-        loop = asyncio.get_running_loop()
+        The call is abandoned, not cancelled: the route's future fails the wait for the
+        answer (RpcConnection.call), and a connect or backoff under way ends at its own
+        timeout, the next attempt seeing the route changed. No cancel is involved, so
+        none can be swallowed on the way (3.11's `wait_for` returns a connect that
+        finished in the same loop turn), and the call runs in the acquiring task: a task
+        of its own, as before, cost two loop iterations between a grant's arrival and the
+        caller (docs/PERFORMANCE.md, session 11)."""
         route = self.client.route_changed(shard)
         if route.done():
             return None
-        call = asyncio.ensure_future(self.client.shard_call(
-            shard, body, remaining, attempt_timeout=remaining))
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        call.add_done_callback(wake)
-        route.add_done_callback(wake)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
-            await woken
-        finally:
-            route.remove_done_callback(wake)
-            if not call.done():
-                call.cancel()
-        if not call.done() or call.cancelled():
+            answer.set_result(await self.client.shard_call(
+                shard, body, remaining, attempt_timeout=remaining, abandon=route))
+        except Abandoned:
             return None
-        return call
+        except Exception as error:
+            answer.set_exception(error)
+        return answer
 
     async def release(self) -> None:
         """Let the next waiter in. Raises NotHolder if the cluster no longer counts this

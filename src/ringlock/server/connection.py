@@ -1,8 +1,10 @@
 """One accepted TCP connection: a client's pipelined requests, or a peer's Raft stream.
 
-Answers are gathered and written once per loop turn, so a pipelining client costs one
-`send` per turn, not one per request. A malformed frame gets a typed error frame and the
-connection is closed: its byte stream can no longer be trusted to be in step.
+Requests are handled as the socket delivers them, in the protocol's callback
+(transport/streams.py); answers are gathered and written once per loop turn, so a
+pipelining client costs one `send` per turn, not one per request. A malformed frame
+gets a typed error frame and the connection is closed: its byte stream can no longer be
+trusted to be in step.
 
 On a node with a cluster secret, a connection starts unauthenticated: it may only say
 `hello` and `auth` (transport/auth.py); anything else gets `Unauthorized` and changes
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ringlock.codec.frames import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from ringlock.errors import (
@@ -29,13 +31,16 @@ from ringlock.errors import (
 from ringlock.server.requests import encode_result, error_body
 from ringlock.server.watches import WATCH_OPS
 from ringlock.transport.auth import MISSING_SECRET, AcceptHandshake
+from ringlock.transport.streams import DirectReader
 from ringlock.transport.tls import TLS_RECORD_HANDSHAKE, peer_certificate
 
 if TYPE_CHECKING:
     from ringlock.server.node import Node
 
 log = logging.getLogger("ringlock.server")
-READ_CHUNK = 256 * 1024
+MAX_UNSENT_BYTES = 8 << 20
+"""Answers written but not yet taken by the socket: past this, the connection's
+requests are not read until they are."""
 AUTH_TIMEOUT_S = 10.0
 """On a node with a secret, a connection that has not proved it by then is closed: an
 unauthenticated party must not hold a descriptor and buffers for ever (a client's
@@ -43,7 +48,7 @@ handshake takes one round trip, its CONNECT_TIMEOUT_S is 2 s)."""
 
 
 class Connection:
-    def __init__(self, node: Node, reader: asyncio.StreamReader,
+    def __init__(self, node: Node, reader: DirectReader,
                  writer: asyncio.StreamWriter) -> None:
         self.node = node
         self.reader = reader
@@ -58,6 +63,8 @@ class Connection:
         self.inflight = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._draining: asyncio.Task[None] | None = None
+        """Set while reading is paused for the answers to go out (MAX_UNSENT_BYTES)."""
         self.closed = False
         peer = writer.get_extra_info("peername")
         self.name = f"{peer[0]}:{peer[1]}" if peer else "?"
@@ -68,39 +75,64 @@ class Connection:
             deadline = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S,
                                                              self._auth_expired)
         try:
-            while not self.closed:
-                data = await self.reader.read(READ_CHUNK)
-                if not data:
-                    break
-                try:
-                    bodies = self.decoder.feed(data)
-                except FrameError as error:
-                    if data[:1] == bytes([TLS_RECORD_HANDSHAKE]) and not error.frames:
-                        error = FrameError("a TLS client at this plain-text port "
-                                           "(the node has no TLS configured)")
-                    # The valid frames before the bad one (same read) are answered first.
-                    for body in error.frames:
-                        if not self.closed:
-                            self._handle(body)
-                    self._refuse(TooLarge(str(error)) if isinstance(error, FrameTooLarge)
-                                 else BadRequest(str(error)))
-                    break
-                for body in bodies:
-                    if self.closed:
-                        break
-                    self._handle(body)
-                if len(self._out) > 0 and self.writer.transport.get_write_buffer_size() > 8 << 20:
-                    self.flush()
-                    await self.writer.drain()
+            await self.reader.consume(self._received)
         except (ConnectionError, OSError):
             pass
         finally:
             if deadline is not None:
                 deadline.cancel()
+            if self._draining is not None:
+                self._draining.cancel()
             self.node.watches.drop_connection(self)
             self.flush()
             self.closed = True
             self.writer.close()
+
+    def _received(self, data: bytes) -> None:
+        """Bytes as the socket delivers them (transport/streams.py): each whole frame is
+        handled at once, with no await between frames."""
+        if self.closed:
+            return
+        try:
+            bodies = self.decoder.feed(data)
+        except FrameError as error:
+            if data[:1] == bytes([TLS_RECORD_HANDSHAKE]) and not error.frames:
+                error = FrameError("a TLS client at this plain-text port "
+                                   "(the node has no TLS configured)")
+            # The valid frames before the bad one (same read) are answered first.
+            for body in error.frames:
+                if not self.closed:
+                    self._handle(body)
+            self._refuse(TooLarge(str(error)) if isinstance(error, FrameTooLarge)
+                         else BadRequest(str(error)))
+            self.flush()
+            self.closed = True
+            self.writer.close()  # after the answer; ends serve's consume
+            return
+        for body in bodies:
+            if self.closed:
+                break
+            self._handle(body)
+        if (self._out and self._draining is None
+                and self.writer.transport.get_write_buffer_size() > MAX_UNSENT_BYTES):
+            # A client that sends faster than it reads its answers: read no more of it
+            # until what it was sent has gone out.
+            self.flush()
+            self._transport().pause_reading()
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            self._draining = None
+        if not self.closed and not self.writer.is_closing():
+            self._transport().resume_reading()
+
+    def _transport(self) -> asyncio.Transport:
+        return cast(asyncio.Transport, self.writer.transport)  # a socket's: both ways
 
     def _auth_expired(self) -> None:
         if self.authenticated or self.closed:
@@ -108,7 +140,6 @@ class Connection:
         error = Unauthorized(f"the cluster secret was not proved within "
                              f"AUTH_TIMEOUT_S={AUTH_TIMEOUT_S:g} s")
         self._close_with(0, str(error), error)
-        self.writer.close()  # wakes serve's read
 
     def _refuse(self, error: RequestError) -> None:
         log.warning("connection %s: %s; closing it", self.name, error)
@@ -209,6 +240,7 @@ class Connection:
         self.send_error(request_id, error)
         self.flush()
         self.closed = True
+        self.writer.close()  # after the answer; ends serve's consume
 
     def _replier(self, request_id: int) -> Any:
         def reply(result: Any, error: RequestError | None) -> None:

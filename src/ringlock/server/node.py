@@ -63,7 +63,7 @@ from ringlock.server.watches import WatchHub
 from ringlock.sharding.meta import META_GROUP, REMOVED
 from ringlock.statemachine.kv import encode
 from ringlock.storage import NodeStorage, StorageError
-from ringlock.transport import tls
+from ringlock.transport import streams, tls
 from ringlock.transport.listener import SocketListener
 from ringlock.transport.peer import PeerLink
 from ringlock.transport.rpc import RpcConnection
@@ -74,12 +74,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ringlock.server")
 
-GATHER_YIELDS = 2
+GATHER_YIELDS = 1
 """Loop iterations a drive turn waits after it is woken (see Node._gather). Measured on
 W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the
 syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds.
-On uvloop, 1 against 2 came out +4% and -1% for L2 in two sets (docs/PERFORMANCE.md,
-session 10): inside the noise, so 2 stays."""
+Since bytes are stepped in the protocol callback (transport/streams.py), one iteration
+catches what two did: side by side, 1 gave L2 +5% and W1 +2% over the reading-task
+code with 2, and 0 no better than 1 (docs/PERFORMANCE.md, session 11)."""
 GATHER_MORE_YIELDS = 2
 """Further iterations, each only while the previous one brought work for new shards."""
 GC_THRESHOLDS = (200_000, 20, 20)
@@ -189,7 +190,7 @@ class Node:
             self.replicas[group] = self.membership.make_replica(group, self.storage.load(group))
         host, port = parse_address(config.listen)
         if self.server_ssl is None:
-            self._server = await asyncio.start_server(self._accept, host, port,
+            self._server = await streams.start_server(self._accept, host, port,
                                                       backlog=LISTEN_BACKLOG)
         else:
             self._server = await SocketListener.start(self._accept_tls, host, port,
@@ -288,7 +289,8 @@ class Node:
         log.warning("node %d: leadership transfer did not finish in %.1f s",
                      self.id, SHUTDOWN_TRANSFER_S)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: streams.DirectReader,
+                      writer: asyncio.StreamWriter) -> None:
         if self._open_connections >= self.config.max_connections:
             refusal = Unavailable(f"node {self.id} has {self._open_connections} connections "
                                   f"open, its max_connections; try another node")
@@ -337,7 +339,7 @@ class Node:
                         "(%d refused so far)", self.id, self._open_connections,
                         self.counters["connections_refused"])
 
-    async def _serve_connection(self, reader: asyncio.StreamReader,
+    async def _serve_connection(self, reader: streams.DirectReader,
                                 writer: asyncio.StreamWriter) -> None:
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
@@ -551,10 +553,9 @@ class Node:
 
     async def _gather(self) -> None:
         """Let what the sockets already hold reach the Raft cores before a turn, so that
-        one turn, one fsync and one send per peer cover it. Bytes a select found take
-        two loop iterations to be stepped (the protocol callback wakes the reading
-        task, which runs in the next one); further iterations only while they bring
-        new shards. See GATHER_YIELDS."""
+        one turn, one fsync and one send per peer cover it. Bytes a select found are
+        stepped in that iteration's protocol callbacks (transport/streams.py); further
+        iterations only while they bring new shards. See GATHER_YIELDS."""
         for _ in range(GATHER_YIELDS):
             await asyncio.sleep(0)
         for _ in range(GATHER_MORE_YIELDS):

@@ -31,6 +31,7 @@ from ringlock.errors import (
     WrongShard,
 )
 from ringlock.transport.auth import ConnectHandshake
+from ringlock.transport.streams import DirectReader
 from ringlock.transport.tls import is_fatal, open_stream
 
 CONNECT_TIMEOUT_S = 2.0
@@ -46,6 +47,11 @@ long ones would pile up with every call ever made rather than with those in flig
 FATAL_ERRORS = (Unauthorized, TlsError)
 """A node's refusals that no retry can fix (the same settings fail the same way): they
 fail the connection's calls as they are, not as Unavailable."""
+
+
+class Abandoned(Exception):
+    """A call's caller stopped waiting for it (`call`'s `abandon`). Not a RequestError:
+    nothing retries it, it goes back to the caller that gave up."""
 
 
 class RpcConnection:
@@ -86,7 +92,8 @@ class RpcConnection:
 
     async def _open(self) -> None:
         try:
-            reader, writer = await open_stream(self.address, self._ssl, CONNECT_TIMEOUT_S)
+            reader, writer = await open_stream(self.address, self._ssl, CONNECT_TIMEOUT_S,
+                                               direct=True)
         except (OSError, TimeoutError) as error:
             self.broken = True
             if is_fatal(error):
@@ -94,6 +101,7 @@ class RpcConnection:
                                "use TLS, with a certificate from this CA?)") from error
             raise Unavailable(f"cannot connect to {self.address}: {error}") from error
         self._stream = writer
+        assert isinstance(reader, DirectReader)
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
         if self._secret:
             await self._authenticate(writer, self._secret)
@@ -122,17 +130,19 @@ class RpcConnection:
             self._waiting.pop(request_id, None)
         writer.write(encode_frame({**proof, "id": 0}))
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: DirectReader) -> None:
+        """Answers are delivered as the socket hands them over (transport/streams.py):
+        the caller's task wakes in the next loop iteration, not the one after."""
         decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes)
         reason = "connection closed by the node"
+
+        def received(data: bytes) -> None:
+            for body in decoder.feed(data):  # a FrameError ends the stream
+                self.frames_in += 1
+                self._deliver(body)
+
         try:
-            while True:
-                data = await reader.read(256 * 1024)
-                if not data:
-                    break
-                for body in decoder.feed(data):
-                    self.frames_in += 1
-                    self._deliver(body)
+            await reader.consume(received)
         except (OSError, FrameError) as error:
             reason = f"connection to {self.address} failed: {error}"
         finally:
@@ -177,8 +187,13 @@ class RpcConnection:
         if self._stream is not None:
             self._stream.close()
 
-    async def call(self, body: dict[str, Any], timeout: float) -> Any:
-        """Send `body` (an `op` and its fields) and wait for its answer."""
+    async def call(self, body: dict[str, Any], timeout: float, *,
+                   abandon: asyncio.Future[None] | None = None) -> Any:
+        """Send `body` (an `op` and its fields) and wait for its answer; `Abandoned` as
+        soon as `abandon` is done, if given (the caller stopped believing in this node:
+        a lock wait whose shard's leader moved)."""
+        if abandon is not None and abandon.done():
+            raise Abandoned(f"{self.address}: the call was abandoned before it was sent")
         if self._writer is None or self.broken:
             await self._ready(timeout)
         request_id = next(self._ids)
@@ -200,12 +215,21 @@ class RpcConnection:
                 due = self._deadlines[slot] = []
                 loop.call_at(slot * TIMEOUT_GRANULARITY_S, self._expire, slot)
             due.append((request_id, timeout))
+
+        def give_up(_: object) -> None:
+            if not future.done():
+                future.set_exception(Abandoned(f"{self.address}: the call was abandoned"))
+
+        if abandon is not None:
+            abandon.add_done_callback(give_up)
         try:
             return await future
         finally:
             self._waiting.pop(request_id, None)
             if own_timer is not None:
                 own_timer.cancel()
+            if abandon is not None:
+                abandon.remove_done_callback(give_up)
 
     def _expire(self, slot: int) -> None:
         for request_id, timeout in self._deadlines.pop(slot, ()):

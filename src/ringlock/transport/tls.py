@@ -23,6 +23,7 @@ from typing import Any
 from ringlock.address import parse_address
 from ringlock.codec.frames import encode_frame
 from ringlock.errors import ConfigError
+from ringlock.transport import streams
 
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
 """A connection that has not finished its TLS handshake by then is closed."""
@@ -62,13 +63,15 @@ def _load(context: ssl.SSLContext, cert: str, key: str, ca: str) -> None:
                           f"ca {ca!r}): {error}") from error
 
 
-async def open_stream(address: str, context: ssl.SSLContext | None, timeout: float,
+async def open_stream(address: str, context: ssl.SSLContext | None, timeout: float, *,
+                      direct: bool = False,
                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to HOST:PORT within `timeout`: with TLS when `context` is given, the
-    node's certificate checked for the host it was dialled by."""
+    node's certificate checked for the host it was dialled by. `direct`: read through a
+    `DirectReader` (transport/streams.py)."""
     host, port = parse_address(address)
-    return await asyncio.wait_for(asyncio.open_connection(
-        host, port, ssl=context, server_hostname=host if context else None), timeout)
+    return await asyncio.wait_for(
+        streams.open_connection(host, port, ssl=context, direct=direct), timeout)
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -106,9 +109,10 @@ async def first_byte(conn: socket.socket, timeout: float) -> int | None:
 
 async def accept_tls(conn: socket.socket, context: ssl.SSLContext,
                      refused: Callable[[str], None],
-                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """An accepted socket as a TLS stream, or None after `refused(why)` was called (to
-    log it) and a plain-text client was told. The socket is the stream's, or closed."""
+                     ) -> tuple[streams.DirectReader, asyncio.StreamWriter] | None:
+    """An accepted socket as a TLS stream (read through a `DirectReader`), or None after
+    `refused(why)` was called (to log it) and a plain-text client was told. The socket
+    is the stream's, or closed."""
     try:
         return await _upgrade(conn, context, refused)
     except BaseException:  # cancelled (the node is stopping): the socket is not left open
@@ -118,7 +122,7 @@ async def accept_tls(conn: socket.socket, context: ssl.SSLContext,
 
 async def _upgrade(conn: socket.socket, context: ssl.SSLContext,
                    refused: Callable[[str], None],
-                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+                   ) -> tuple[streams.DirectReader, asyncio.StreamWriter] | None:
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
     first = await first_byte(conn, TLS_HANDSHAKE_TIMEOUT_S)
@@ -132,7 +136,7 @@ async def _upgrade(conn: socket.socket, context: ssl.SSLContext,
         await _tell_and_close(conn, encode_frame(
             {"id": 0, "err": "TlsError", "msg": PLAIN_AT_TLS_PORT}))
         return None
-    reader = asyncio.StreamReader()
+    reader = streams.DirectReader()
     protocol = asyncio.StreamReaderProtocol(reader)
     try:
         transport, _ = await loop.connect_accepted_socket(

@@ -1,0 +1,92 @@
+"""transport/streams.py: a DirectReader hands each chunk to its consumer inside the
+protocol's callback, in order, from the bytes that came before `consume` on; a consumer
+that raises ends the stream with its error; the end of the stream ends `consume`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ringlock import eventloop
+from ringlock.transport import streams
+from ringlock.transport.streams import DirectReader
+
+
+def test_bytes_before_consume_come_first_in_order_and_eof_ends_it() -> None:
+    async def main() -> None:
+        reader = DirectReader()
+        reader.feed_data(b"a")
+        reader.feed_data(b"b")
+        seen: list[bytes] = []
+        consuming = asyncio.ensure_future(reader.consume(seen.append))
+        await asyncio.sleep(0)
+        assert seen == [b"a", b"b"]
+        reader.feed_data(b"c")
+        assert seen == [b"a", b"b", b"c"]  # at once, in the feeding call
+        assert not consuming.done()
+        reader.feed_eof()
+        await asyncio.wait_for(consuming, 2)
+
+    asyncio.run(main())
+
+
+def test_a_consumer_that_raises_ends_the_stream_with_its_error() -> None:
+    async def main() -> None:
+        reader = DirectReader()
+        seen: list[bytes] = []
+
+        def consumer(data: bytes) -> None:
+            if data == b"bad":
+                raise ValueError("a malformed frame")
+            seen.append(data)
+
+        consuming = asyncio.ensure_future(reader.consume(consumer))
+        await asyncio.sleep(0)
+        reader.feed_data(b"ok")
+        reader.feed_data(b"bad")
+        reader.feed_data(b"after")  # dropped: the stream has ended
+        with pytest.raises(ValueError, match="malformed"):
+            await asyncio.wait_for(consuming, 2)
+        assert seen == [b"ok"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_socket_s_bytes_are_consumed_in_the_protocol_callback_not_a_task(loop: str) -> None:
+    """The point of the module: no task runs between the socket's read and the consumer
+    (inside a task, `current_task()` names it)."""
+
+    async def main() -> None:
+        tasks: list[asyncio.Task[object] | None] = []
+        received = bytearray()
+        done = asyncio.get_running_loop().create_future()
+
+        def consumer(data: bytes) -> None:
+            tasks.append(asyncio.current_task())
+            received.extend(data)
+            if len(received) >= 6 and not done.done():
+                done.set_result(None)
+
+        async def serve(reader: DirectReader, writer: asyncio.StreamWriter) -> None:
+            await reader.consume(consumer)
+            writer.close()
+
+        server = await streams.start_server(serve, "127.0.0.1", 0, backlog=4)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await streams.open_connection("127.0.0.1", port, ssl=None,
+                                                           direct=False)
+            writer.write(b"ping")
+            await asyncio.sleep(0.05)
+            writer.write(b"!!")
+            await asyncio.wait_for(done, 5)
+            assert bytes(received) == b"ping!!"
+            assert tasks and all(task is None for task in tasks)
+            writer.close()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # served to its end
+        finally:
+            server.close()
+
+    eventloop.run(main(), loop)
