@@ -11,11 +11,12 @@ from typing import Any
 import msgpack
 import pytest
 
+from ringlock.certs import make_certs
 from ringlock.codec.frames import FrameDecoder, encode_frame
-from ringlock.devcluster import DevCluster
+from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.server.config import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from ringlock.sharding.keys import shard_of
-from tests.integration.conftest import make_cluster, running
+from tests.integration.conftest import TEST_SHARDS, make_cluster, running
 
 
 class Raw:
@@ -181,6 +182,54 @@ def test_connections_past_max_connections_get_unavailable_and_the_node_keeps_ser
                 raw.close()
         assert refused is not None and refused["err"] == "Unavailable", refused
         assert "max_connections" in refused["msg"]
+        deadline = time.monotonic() + 20
+        while True:  # the node sees the held sockets close (bounded)
+            try:
+                assert_still_serving(dev)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with dev.client(timeout=20) as client:
+            counters = client.status()[0]["counters"]
+        assert counters["connections_refused"] >= 1
+
+
+def test_tls_connections_past_max_connections_are_closed_before_any_handshake(
+        tmp_path: Path) -> None:
+    """On a TLS node no handshake is spent on a connection past `max_connections`
+    (server/node.py, _accept_tls): it is closed at once, counted, and the node keeps
+    serving. A connection within the limit waits silently for its ClientHello."""
+    limit = 6
+    make_certs(tmp_path / "tls", nodes=1)
+    dev = DevCluster(tmp_path / "c", nodes=1, base_port=free_base_port(1), shards=TEST_SHARDS,
+                     name="test-tls-max", tls_dir=tmp_path / "tls",
+                     extra_args=("--max-connections", str(limit)))
+    with running(dev):
+        host, port = dev.addresses[0].rsplit(":", 1)
+        held: list[socket.socket] = []
+        refused = False
+        try:
+            for _ in range(limit + 2):  # bounded; well within TLS_HANDSHAKE_TIMEOUT_S
+                sock = socket.create_connection((host, int(port)), timeout=10)
+                sock.settimeout(0.3)
+                try:
+                    closed = sock.recv(1) == b""
+                except TimeoutError:  # within the limit: waiting for our ClientHello
+                    held.append(sock)
+                    continue
+                except ConnectionResetError:
+                    closed = True
+                sock.close()
+                assert closed
+                refused = True
+                break
+        finally:
+            for sock in held:
+                sock.close()
+        assert refused, f"{len(held)} TLS connections open and none refused"
+        assert len(held) <= limit
         deadline = time.monotonic() + 20
         while True:  # the node sees the held sockets close (bounded)
             try:
