@@ -151,6 +151,23 @@ def test_raft_frames_from_a_client_connection_are_refused(cluster: DevCluster) -
     assert_still_serving(cluster)
 
 
+def assert_serving_again_with_the_refusal_counted(dev: DevCluster) -> None:
+    """After a test of `max_connections` closed its held sockets: the node serves again
+    once it has seen them close (bounded), and counted the refusal."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert_still_serving(dev)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with dev.client(timeout=20) as client:
+        counters = client.status()[0]["counters"]
+    assert counters["connections_refused"] >= 1
+
+
 def test_connections_past_max_connections_get_unavailable_and_the_node_keeps_serving(
         tmp_path: Path) -> None:
     """A flood of connections cannot take every descriptor: one past `max_connections`
@@ -182,18 +199,7 @@ def test_connections_past_max_connections_get_unavailable_and_the_node_keeps_ser
                 raw.close()
         assert refused is not None and refused["err"] == "Unavailable", refused
         assert "max_connections" in refused["msg"]
-        deadline = time.monotonic() + 20
-        while True:  # the node sees the held sockets close (bounded)
-            try:
-                assert_still_serving(dev)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        with dev.client(timeout=20) as client:
-            counters = client.status()[0]["counters"]
-        assert counters["connections_refused"] >= 1
+        assert_serving_again_with_the_refusal_counted(dev)
 
 
 def test_tls_connections_past_max_connections_are_closed_before_any_handshake(
@@ -230,15 +236,4 @@ def test_tls_connections_past_max_connections_are_closed_before_any_handshake(
                 sock.close()
         assert refused, f"{len(held)} TLS connections open and none refused"
         assert len(held) <= limit
-        deadline = time.monotonic() + 20
-        while True:  # the node sees the held sockets close (bounded)
-            try:
-                assert_still_serving(dev)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        with dev.client(timeout=20) as client:
-            counters = client.status()[0]["counters"]
-        assert counters["connections_refused"] >= 1
+        assert_serving_again_with_the_refusal_counted(dev)
