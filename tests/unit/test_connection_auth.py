@@ -24,12 +24,31 @@ def secret_node(tmp_path: Path, secret: str = "s3cret") -> Node:
                            peers={1: "127.0.0.1:1", 2: "127.0.0.1:2"}, secret=secret))
 
 
-async def serve_one(node: Node) -> tuple[asyncio.Server, int]:
+async def serve_one(node: Node, served: list[Connection] | None = None,
+                    ) -> tuple[asyncio.Server, int]:
+    """A listener serving `node`'s connections; each Connection goes into `served`."""
     async def accept(reader: DirectReader, writer: asyncio.StreamWriter) -> None:
-        await Connection(node, reader, writer).serve()
+        connection = Connection(node, reader, writer)
+        if served is not None:
+            served.append(connection)
+        await connection.serve()
 
     server = await streams.start_server(accept, "127.0.0.1", 0, backlog=16)
     return server, server.sockets[0].getsockname()[1]
+
+
+async def answers_until_closed(node: Node, body: dict[str, Any]) -> list[Any]:
+    """Send `body` on a fresh connection; every frame the node sends until it closes the
+    connection (3 s at most)."""
+    server, port = await serve_one(node)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frame(body))
+        bodies = await read_all(reader, timeout=3.0)
+        writer.close()
+        return bodies
+    finally:
+        server.close()
 
 
 async def read_all(reader: asyncio.StreamReader, timeout: float) -> list[Any]:
@@ -45,17 +64,11 @@ def test_a_connection_that_never_proves_the_secret_is_closed_after_the_deadline(
     monkeypatch.setattr(connection_module, "AUTH_TIMEOUT_S", 0.3)
 
     async def main() -> None:
-        server, port = await serve_one(secret_node(tmp_path))
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(encode_frame({"id": 1, "op": "get", "shard": 0, "key": b"k"}))
-            # Refused, and then closed by the node (EOF) rather than held open for ever.
-            bodies = await read_all(reader, timeout=3.0)
-            assert [b.get("err") for b in bodies] == ["Unauthorized", "Unauthorized"]
-            assert "AUTH_TIMEOUT_S" in bodies[-1]["msg"]
-            writer.close()
-        finally:
-            server.close()
+        # Refused, and then closed by the node (EOF) rather than held open for ever.
+        bodies = await answers_until_closed(
+            secret_node(tmp_path), {"id": 1, "op": "get", "shard": 0, "key": b"k"})
+        assert [b.get("err") for b in bodies] == ["Unauthorized", "Unauthorized"]
+        assert "AUTH_TIMEOUT_S" in bodies[-1]["msg"]
 
     asyncio.run(main())
 
@@ -67,15 +80,9 @@ def test_a_refused_hello_is_answered_and_the_connection_closed_at_once(
     monkeypatch.setattr(connection_module, "AUTH_TIMEOUT_S", 60.0)
 
     async def main() -> None:
-        server, port = await serve_one(secret_node(tmp_path))
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(encode_frame({"id": 1, "op": "hello", "node": 9, "cluster": "x"}))
-            bodies = await read_all(reader, timeout=3.0)  # EOF, well before the deadline
-            assert [(b["id"], b["err"]) for b in bodies] == [(1, "BadRequest")]
-            writer.close()
-        finally:
-            server.close()
+        bodies = await answers_until_closed(  # EOF, well before the deadline
+            secret_node(tmp_path), {"id": 1, "op": "hello", "node": 9, "cluster": "x"})
+        assert [(b["id"], b["err"]) for b in bodies] == [(1, "BadRequest")]
 
     asyncio.run(main())
 
@@ -115,14 +122,8 @@ def test_a_connection_that_does_not_read_its_answers_is_not_read_until_it_does(
     count = 5000
 
     async def main() -> None:
-        node = secret_node(tmp_path)
         served: list[Connection] = []
-
-        async def accept(reader: DirectReader, writer: asyncio.StreamWriter) -> None:
-            served.append(Connection(node, reader, writer))
-            await served[-1].serve()
-
-        server = await streams.start_server(accept, "127.0.0.1", 0, backlog=4)
+        server, _ = await serve_one(secret_node(tmp_path), served)
         listening = server.sockets[0]
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted inherit it
         sock = socket.socket()

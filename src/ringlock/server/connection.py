@@ -84,9 +84,7 @@ class Connection:
             if self._draining is not None:
                 self._draining.cancel()
             self.node.watches.drop_connection(self)
-            self.flush()
-            self.closed = True
-            self.writer.close()
+            self._close()
 
     def _received(self, data: bytes) -> None:
         """Bytes as the socket delivers them (transport/streams.py): each whole frame is
@@ -105,9 +103,6 @@ class Connection:
                     self._handle(body)
             self._refuse(TooLarge(str(error)) if isinstance(error, FrameTooLarge)
                          else BadRequest(str(error)))
-            self.flush()
-            self.closed = True
-            self.writer.close()  # after the answer; ends serve's consume
             return
         for body in bodies:
             if self.closed:
@@ -144,6 +139,7 @@ class Connection:
     def _refuse(self, error: RequestError) -> None:
         log.warning("connection %s: %s; closing it", self.name, error)
         self._out.append(encode_frame(error_body(0, error)))
+        self._close()
 
     def _handle(self, body: Any) -> None:
         if self.peer is not None:
@@ -238,9 +234,13 @@ class Connection:
         level = logging.WARNING if isinstance(error, Unauthorized) else logging.INFO
         log.log(level, "connection %s: %s; closing it", self.name, reason)
         self.send_error(request_id, error)
+        self._close()
+
+    def _close(self) -> None:
+        """Write what is gathered, then close: ends serve's consume."""
         self.flush()
         self.closed = True
-        self.writer.close()  # after the answer; ends serve's consume
+        self.writer.close()
 
     def _replier(self, request_id: int) -> Any:
         def reply(result: Any, error: RequestError | None) -> None:

@@ -471,7 +471,6 @@ class Node:
     # ---------------------------------------------------------------------- driving
 
     async def _drive_loop(self) -> None:
-        assert self.storage is not None
         while True:
             await self._wake.wait()
             await self._gather()

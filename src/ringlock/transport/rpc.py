@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import ssl as _ssl
 from collections.abc import Callable
@@ -215,12 +216,9 @@ class RpcConnection:
                 due = self._deadlines[slot] = []
                 loop.call_at(slot * TIMEOUT_GRANULARITY_S, self._expire, slot)
             due.append((request_id, timeout))
-
-        def give_up(_: object) -> None:
-            if not future.done():
-                future.set_exception(Abandoned(f"{self.address}: the call was abandoned"))
-
+        give_up = None  # made only for a call that may be abandoned: not on every call
         if abandon is not None:
+            give_up = functools.partial(_give_up, future, self.address)
             abandon.add_done_callback(give_up)
         try:
             return await future
@@ -228,7 +226,7 @@ class RpcConnection:
             self._waiting.pop(request_id, None)
             if own_timer is not None:
                 own_timer.cancel()
-            if abandon is not None:
+            if abandon is not None and give_up is not None:
                 abandon.remove_done_callback(give_up)
 
     def _expire(self, slot: int) -> None:
@@ -296,6 +294,12 @@ class RpcConnection:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
+
+
+def _give_up(future: asyncio.Future[Any], address: str, _: object) -> None:
+    """A call's `abandon` is done: its wait ends with `Abandoned`."""
+    if not future.done():
+        future.set_exception(Abandoned(f"{address}: the call was abandoned"))
 
 
 def _copy(error: RequestError) -> RequestError:

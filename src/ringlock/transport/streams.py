@@ -34,10 +34,9 @@ class DirectReader(asyncio.StreamReader):
         self._early: list[bytes] = []
         """Chunks that came before `consume`: those of a loop iteration or two (the
         serving task starts in the iteration after the connection is made)."""
-        self._ended = False
 
     def feed_data(self, data: Any) -> None:  # the protocol's data_received calls this
-        if self._ended:
+        if self.exception() is not None:  # the stream has ended
             return
         if self._consumer is None:
             self._early.append(data)
@@ -45,7 +44,6 @@ class DirectReader(asyncio.StreamReader):
         try:
             self._consumer(data)
         except Exception as error:  # the consumer's verdict: this stream ends here
-            self._ended = True
             self.set_exception(error)
 
     async def consume(self, consumer: Consumer) -> None:
