@@ -230,6 +230,10 @@ class LockOps:
                 self.pushed += 1
                 for wait in waits:
                     wait.reply(Acquired("granted", grant.token), None)
+                    if wait.origin is not None:
+                        # At once, before the turn's other answers: the next holder's
+                        # release is the next handoff (PERFORMANCE.md, session 12).
+                        wait.origin.flush()
         table = replica.sm.locks
         if table.departures != shard.departures:
             shard.departures = table.departures

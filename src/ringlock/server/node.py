@@ -2,8 +2,10 @@
 
 One turn of the drive loop, for every shard that has work (the documented Ready order):
 
-  1. take each shard's Ready; hand its entries, hard state and snapshot to the node's
-     one write-ahead log; a leader's APPENDs may leave now (thesis §10.2.1);
+  1. take each shard's Ready; a leader's APPENDs leave first, in one frame per peer
+     (thesis §10.2.1: the followers' fsyncs then run beside this node's work, not
+     after it); hand the entries, hard state and snapshot to the node's one
+     write-ahead log;
   2. a leader applies committed entries and answers them, and reads: a committed entry
      is durable on a quorum, so its answer may leave before this node's fsync (etcd's
      server too), and it leaves at once;
@@ -122,6 +124,9 @@ class Node:
         self.answers_waiting: set[Connection] = set()
         """Connections with answers gathered but not yet written."""
         self._dirty: set[int] = set()
+        self._asked = False
+        """A local request (a proposal, a read, a tick) marked a shard since the last turn:
+        the turn gathers (`_gather`). Raft messages alone do not: see `_drive_loop`."""
         self._wake = asyncio.Event()
         self._server: asyncio.Server | SocketListener | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -357,6 +362,7 @@ class Node:
 
     def _mark(self, shard: int) -> None:
         self._dirty.add(shard)
+        self._asked = True
         self._wake.set()
 
     mark = _mark
@@ -473,7 +479,14 @@ class Node:
     async def _drive_loop(self) -> None:
         while True:
             await self._wake.wait()
-            await self._gather()
+            # Gathering batches requests that arrive together into one fsync. A turn
+            # woken by Raft messages alone runs at once: a follower's fsync and its
+            # acknowledgement, a leader's commit and its answers, are on the path of
+            # every write; another message that comes meanwhile costs a turn, no more
+            # (docs/PERFORMANCE.md, session 12).
+            if self._asked:
+                await self._gather()
+            self._asked = False
             self._wake.clear()
             self._turn()
             if self._dirty:
@@ -489,7 +502,8 @@ class Node:
         storage = self.storage
         assert storage is not None
         dirty, self._dirty = self._dirty, set()
-        batch = []
+        readies = []
+        appends = False
         for shard in dirty:
             replica = self.replicas.get(shard)
             if replica is None:
@@ -497,20 +511,27 @@ class Node:
             rd = replica.raft.take_ready()
             if rd is None:
                 continue
+            if rd.appends_may_precede_persist and rd.messages:
+                later = []
+                for message in rd.messages:  # appends leave now, the rest after the fsync
+                    if message.type == MessageType.APPEND:
+                        self._send_one(message)
+                        appends = True
+                    else:
+                        later.append(message)
+                rd.messages = later
+            readies.append((replica, rd))
+        if appends:  # before this node encodes its records: W1 x1.08 side by side
+            self._flush_links()  # (docs/PERFORMANCE.md, session 12)
+        batch = []
+        for replica, rd in readies:
+            shard = replica.shard
             if rd.snapshot is not None:
                 storage.save_snapshot(shard, rd.snapshot)
                 self.counters["snapshots_installed"] += 1
             hard_state = replica.hard_state_to_persist(rd.hard_state)
             if rd.entries or hard_state is not None:
                 storage.append(shard, hard_state, rd.entries)
-            if rd.appends_may_precede_persist and rd.messages:
-                later = []
-                for message in rd.messages:  # appends leave now, the rest after the fsync
-                    if message.type == MessageType.APPEND:
-                        self._send_one(message)
-                    else:
-                        later.append(message)
-                rd.messages = later
             leads = replica.raft.role == Role.LEADER
             if leads:
                 self._apply(replica, rd)
