@@ -408,11 +408,11 @@ class AsyncLock:
                     "lease": session.lease.id, "waiter": self._attempt, "wait": blocking,
                     "mode": self.mode, "limit": self.limit})
             remaining = max(0.001, deadline - time.monotonic())
-            answer = await self._call_or_moved(shard, body, remaining)
-            if answer is None:
-                continue  # the leader we waited at is gone: ask the new one
             try:
-                status, value = answer.result()
+                answer = await self._call_or_moved(shard, body, remaining)
+                if answer is None:
+                    continue  # the leader we waited at is gone: ask the new one
+                status, value = answer
             except LockWaitAborted:
                 body = {}  # our lease ended or the wait was cancelled: queue anew
                 continue
@@ -439,9 +439,10 @@ class AsyncLock:
             return True
 
     async def _call_or_moved(self, shard: int, body: dict[str, Any],
-                             remaining: float) -> asyncio.Future[Any] | None:
-        """The call's answer (a done future), or None if this client stopped believing
-        in the shard's leader first (a keepalive or another call found it gone).
+                             remaining: float) -> Any | None:
+        """The call's answer (its error raised), or None if this client stopped
+        believing in the shard's leader first (a keepalive or another call found it
+        gone). A lock call's answer is never None.
 
         The call is abandoned, not cancelled: the route's future fails the wait for the
         answer (RpcConnection.call), and a connect or backoff under way ends at its own
@@ -453,15 +454,11 @@ class AsyncLock:
         route = self.client.route_changed(shard)
         if route.done():
             return None
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
-            answer.set_result(await self.client.shard_call(
-                shard, body, remaining, attempt_timeout=remaining, abandon=route))
+            return await self.client.shard_call(shard, body, remaining,
+                                                attempt_timeout=remaining, abandon=route)
         except Abandoned:
             return None
-        except Exception as error:
-            answer.set_exception(error)
-        return answer
 
     async def release(self) -> None:
         """Let the next waiter in. Raises NotHolder if the cluster no longer counts this
