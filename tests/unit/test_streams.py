@@ -90,3 +90,37 @@ def test_a_socket_s_bytes_are_consumed_in_the_protocol_callback_not_a_task(loop:
             server.close()
 
     eventloop.run(main(), loop)
+
+
+class PausableTransport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+def test_bytes_before_consume_past_the_limit_pause_the_socket_until_consume() -> None:
+    async def main() -> None:
+        reader = DirectReader()
+        transport = PausableTransport()
+        reader.set_transport(transport)  # type: ignore[arg-type]
+        chunk = b"x" * (streams.MAX_EARLY_BYTES // 2)
+        reader.feed_data(chunk)
+        reader.feed_data(chunk)
+        assert transport.calls == []  # at the limit, not past it
+        reader.feed_data(b"y")
+        reader.feed_data(b"z")  # (a read already under way when it paused)
+        assert transport.calls == ["pause"]
+        seen: list[bytes] = []
+        consuming = asyncio.ensure_future(reader.consume(seen.append))
+        await asyncio.sleep(0)
+        assert seen == [chunk, chunk, b"y", b"z"]
+        assert transport.calls == ["pause", "resume"]
+        reader.feed_eof()
+        await asyncio.wait_for(consuming, 2)
+
+    asyncio.run(main())

@@ -23,6 +23,10 @@ from typing import Any
 
 from ringlock.invariant import invariant
 
+MAX_EARLY_BYTES = 1 << 20
+"""Bytes a `DirectReader` keeps before `consume` is called (usually those of one or two
+loop iterations); past it, the socket is not read until `consume` starts."""
+
 Consumer = Callable[[bytes], None]
 """Takes a chunk as it arrives. Raising ends the stream: `consume` raises the error."""
 
@@ -34,17 +38,29 @@ class DirectReader(asyncio.StreamReader):
         self._early: list[bytes] = []
         """Chunks that came before `consume`: those of a loop iteration or two (the
         serving task starts in the iteration after the connection is made)."""
+        self._early_bytes = 0
+        self._early_paused = False
 
     def feed_data(self, data: Any) -> None:  # the protocol's data_received calls this
         if self.exception() is not None:  # the stream has ended
             return
         if self._consumer is None:
             self._early.append(data)
+            self._early_bytes += len(data)
+            transport = self._socket()
+            if (self._early_bytes > MAX_EARLY_BYTES and not self._early_paused
+                    and transport is not None):
+                transport.pause_reading()
+                self._early_paused = True
             return
         try:
             self._consumer(data)
         except Exception as error:  # the consumer's verdict: this stream ends here
             self.set_exception(error)
+
+    def _socket(self) -> Any:
+        """The transport the protocol gave (`StreamReader.set_transport`), or None."""
+        return getattr(self, "_transport", None)
 
     async def consume(self, consumer: Consumer) -> None:
         """Hand every chunk to `consumer`, from those that came first; return at the end
@@ -54,6 +70,9 @@ class DirectReader(asyncio.StreamReader):
         self._consumer = consumer
         for data in early:
             self.feed_data(data)
+        if self._early_paused:
+            self._early_paused = False
+            self._socket().resume_reading()
         # Nothing reaches the base class's buffer: this wakes only at EOF or an error.
         rest = await self.read()
         invariant(not rest, "a DirectReader buffered bytes")
