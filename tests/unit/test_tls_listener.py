@@ -113,3 +113,33 @@ def test_a_closed_listener_accepts_no_more(loop: str, certs: CertFiles) -> None:
             await asyncio.open_connection(host, port)
 
     eventloop.run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handshake_cancelled_by_a_stopping_node_closes_its_socket(
+        loop: str, certs: CertFiles) -> None:
+    """A node that stops cancels what is still running; a handshake under way must not
+    leave its socket open (the client would wait for the handshake's deadline)."""
+    cert, key = certs.nodes[1]
+    context = tls.server_context(str(cert), str(key), str(certs.ca))
+
+    async def main() -> None:
+        listening = socket.create_server(("127.0.0.1", 0))
+        listening.setblocking(False)
+        try:
+            reader, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+            conn, _ = await asyncio.get_running_loop().sock_accept(listening)
+            handshake = asyncio.ensure_future(tls.accept_tls(conn, context, [].append))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not handshake.done()  # waiting for the client's first byte
+            handshake.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await handshake
+            assert conn.fileno() == -1
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the client sees it
+            writer.close()
+        finally:
+            listening.close()
+
+    eventloop.run(main(), loop)
