@@ -85,8 +85,9 @@ class FakeLink:
 
 def turn_of(tmp_path: Path, role: Role, *, appends_first: bool = False) -> list[str]:
     """The events of one turn of shard 5, in `role`, with a new entry to persist, one
-    committed entry to apply and one message for peer 2 (which may leave before the
-    fsync with `appends_first`, as a leader's Ready allows)."""
+    committed entry to apply and one message for peer 2. With `appends_first` (as a
+    leader's Ready allows) that APPEND may leave before the fsync, and a heartbeat is
+    added that may not."""
     events: list[str] = []
     node = Node(NodeConfig(node_id=1, listen="127.0.0.1:1", data_dir=str(tmp_path),
                            peers={1: "127.0.0.1:1", 2: "127.0.0.1:2"}))
@@ -94,6 +95,8 @@ def turn_of(tmp_path: Path, role: Role, *, appends_first: bool = False) -> list[
     rd = Ready(entries=[Entry(8, 1, b"new")], committed_entries=[Entry(7, 1, b"old")],
                messages=[Message(kind, to=2, frm=1, term=1, group=5, index=8)],
                appends_may_precede_persist=appends_first)
+    if appends_first:
+        rd.messages.append(Message(MessageType.HEARTBEAT, to=2, frm=1, term=1, group=5))
     node.replicas = {5: FakeReplica(5, role, rd, events)}  # type: ignore[dict-item]
     node.storage = FakeStorage(events)  # type: ignore[assignment]
     node.links = {2: FakeLink(events)}  # type: ignore[dict-item]
@@ -116,7 +119,7 @@ def test_a_leader_applies_before_its_fsync(tmp_path: Path) -> None:
 def test_a_leaders_appends_leave_before_it_writes_its_own_log(tmp_path: Path) -> None:
     """The followers' fsyncs run while the leader encodes and applies, not after."""
     assert turn_of(tmp_path, Role.LEADER, appends_first=True) == [
-        "send 1", "append 5", "apply 5", "fsync", "advance 5"]
+        "send 1", "append 5", "apply 5", "fsync", "send 1", "advance 5"]
 
 
 def test_only_a_turn_woken_by_a_local_request_waits_to_gather(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Out of descriptors (EMFILE and its kin) the loop waits ACCEPT_RETRY_S and tries 
 as asyncio's own server does, rather than spin on an error that will not clear at
 once; a failure that belongs to one connection (it was reset before it was taken) is
 skipped at once. Either way the next connection is served. The wait is recorded, not
-slept: the test patches `asyncio.sleep` as the listener sees it."""
+slept: the test patches `asyncio.sleep` (the module's, so every caller's) for its
+duration, and sleeps only through the real one itself."""
 
 from __future__ import annotations
 

@@ -124,3 +124,20 @@ def test_bytes_before_consume_past_the_limit_pause_the_socket_until_consume() ->
         await asyncio.wait_for(consuming, 2)
 
     asyncio.run(main())
+
+
+def test_a_pause_the_consumer_makes_on_early_bytes_stands() -> None:
+    """A connection whose answers back up pauses reading from its consumer
+    (server/connection.py); resuming after the early bytes would undo that."""
+    async def main() -> None:
+        reader = DirectReader()
+        transport = PausableTransport()
+        reader.set_transport(transport)  # type: ignore[arg-type]
+        reader.feed_data(b"x" * (streams.MAX_EARLY_BYTES + 1))
+        consuming = asyncio.ensure_future(reader.consume(lambda data: transport.pause_reading()))
+        await asyncio.sleep(0)
+        assert transport.calls == ["pause", "resume", "pause"]
+        reader.feed_eof()
+        await asyncio.wait_for(consuming, 2)
+
+    asyncio.run(main())

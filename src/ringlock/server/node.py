@@ -77,9 +77,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringlock.server")
 
 GATHER_YIELDS = 1
-"""Loop iterations a drive turn waits after it is woken (see Node._gather). Measured on
-W1, 8 rounds side by side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the
-syncs per write from 0.2 to 0.1; an iteration with nothing to read costs microseconds.
+"""Loop iterations a drive turn waits after a local request woke it (see Node._gather;
+a turn woken by Raft messages alone does not wait). Measured on W1, 8 rounds side by
+side: 0 -> 2 took writes/s from 6,245 to 6,835 (median) and the syncs per write from
+0.2 to 0.1; an iteration with nothing to read costs microseconds.
 Since bytes are stepped in the protocol callback (transport/streams.py), one iteration
 catches what two did: side by side, 1 gave L2 +5% and W1 +2% over the reading-task
 code with 2, and 0 no better than 1 (docs/PERFORMANCE.md, session 11)."""

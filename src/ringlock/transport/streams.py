@@ -68,11 +68,11 @@ class DirectReader(asyncio.StreamReader):
         invariant(self._consumer is None, "a DirectReader has one consumer")
         early, self._early = self._early, []
         self._consumer = consumer
+        if self._early_paused:  # before the early bytes: a pause their consumer makes
+            self._early_paused = False  # (its own backpressure) must stand
+            self._socket().resume_reading()
         for data in early:
             self.feed_data(data)
-        if self._early_paused:
-            self._early_paused = False
-            self._socket().resume_reading()
         # Nothing reaches the base class's buffer: this wakes only at EOF or an error.
         rest = await self.read()
         invariant(not rest, "a DirectReader buffered bytes")
