@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from ringlock import eventloop
+from ringlock.cli import bench
 from ringlock.client import AsyncClient
 from ringlock.devcluster import DevCluster
 from ringlock.raft import BUILD as RAFT_BUILD
@@ -81,7 +83,8 @@ def ringlock_cli(cluster: DevCluster, *args: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=60)
 
 
-def test_the_cli_finds_the_cluster_from_the_environment(cluster: DevCluster) -> None:
+def test_the_cli_finds_the_cluster_from_the_environment(
+        cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ringlock_cli(cluster, "put", "cli-key", "cli-value").returncode == 0
     got = ringlock_cli(cluster, "get", "cli-key")
     assert got.returncode == 0 and got.stdout.strip() == "cli-value"
@@ -97,6 +100,12 @@ def test_the_cli_finds_the_cluster_from_the_environment(cluster: DevCluster) -> 
     assert len(status["shards"]) == cluster.shards
     assert all(s["leader"] in (1, 2, 3) and s["replicas"] == [1, 2, 3]
                for s in status["shards"])
+    # `ringlock bench --cluster` reports what the nodes run, not what it runs itself
+    nodes_loop = eventloop.chosen()  # the nodes were started with this environment
+    monkeypatch.setattr(bench, "RAFT_BUILD", "not-this-process")
+    monkeypatch.setenv("RINGLOCK_EVENT_LOOP", "asyncio" if nodes_loop == "uvloop" else "")
+    assert bench.cluster_builds(cluster.addresses) == {"raft_core": RAFT_BUILD,
+                                                       "event_loop": nodes_loop}
 
 
 def test_a_call_to_an_unreachable_cluster_times_out_with_a_typed_error() -> None:

@@ -16,6 +16,7 @@ from ringlock import eventloop
 from ringlock.benchmark import kv
 from ringlock.benchmark.locks import run_lock_workload
 from ringlock.benchmark.rebalance import rebalance_bench
+from ringlock.client.sync import Client
 from ringlock.devcluster import DevCluster, free_base_port
 from ringlock.errors import ConfigError
 from ringlock.raft import BUILD as RAFT_BUILD
@@ -75,11 +76,18 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
             addresses = dev.addresses
         else:
             addresses = cluster.split(",")
+            builds = cluster_builds(addresses)
+            click.echo(f"measuring the cluster at {cluster} (Raft core {builds['raft_core']}, "
+                       f"event loop {builds['event_loop']}; the load generator's event loop "
+                       f"{loop}) ...")
         try:
             report = _run(addresses, dev, [n for n in names if n in kv.WORKLOADS], seconds,
                           in_flight, keys, processes, idle_seconds, memory_keys)
-            report["raft_core"] = RAFT_BUILD  # of this install, which a started cluster runs
-            report["event_loop"] = loop
+            if dev is not None:  # it runs this install, on the loop chosen here
+                report.update(raft_core=RAFT_BUILD, event_loop=loop)
+            else:
+                report.update(builds)
+            report["load_generator_loop"] = loop
             for name in [n for n in names if n in LOCK_WORKLOADS]:
                 click.echo(f"{name} ({LOCK_WORKLOADS[name]}) for {seconds:g} s ...")
                 report["results"].append(run_lock_workload(
@@ -95,6 +103,16 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
     _print(report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
+
+
+def cluster_builds(addresses: list[str]) -> dict[str, str]:
+    """What a running cluster's nodes say they run (`status`): the Raft core's build and
+    the event loop, each value once, comma-separated (a cluster mid-upgrade runs two);
+    "unknown" for a node that did not answer."""
+    with Client(addresses, timeout=5) as client:
+        reports = client.status(timeout=2.0)
+    return {field: ", ".join(sorted({str(r.get(field) or "unknown") for r in reports}))
+            for field in ("raft_core", "event_loop")}
 
 
 def _run(addresses: list[str], dev: DevCluster | None, names: list[str], seconds: float,
