@@ -74,6 +74,7 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
             if not dev.wait_balanced(timeout=60):  # measure the steady state
                 click.echo("warning: shard leaders are not evenly spread; measuring anyway")
             addresses = dev.addresses
+            builds = {"raft_core": RAFT_BUILD, "event_loop": loop}  # this install's
         else:
             addresses = cluster.split(",")
             builds = cluster_builds(addresses)
@@ -83,11 +84,7 @@ def bench(cluster: str | None, workloads: str, contenders: int, seconds: float,
         try:
             report = _run(addresses, dev, [n for n in names if n in kv.WORKLOADS], seconds,
                           in_flight, keys, processes, idle_seconds, memory_keys)
-            if dev is not None:  # it runs this install, on the loop chosen here
-                report.update(raft_core=RAFT_BUILD, event_loop=loop)
-            else:
-                report.update(builds)
-            report["load_generator_loop"] = loop
+            report.update(builds, load_generator_loop=loop)
             for name in [n for n in names if n in LOCK_WORKLOADS]:
                 click.echo(f"{name} ({LOCK_WORKLOADS[name]}) for {seconds:g} s ...")
                 report["results"].append(run_lock_workload(

@@ -504,7 +504,6 @@ class Node:
         assert storage is not None
         dirty, self._dirty = self._dirty, set()
         readies = []
-        appends = False
         for shard in dirty:
             replica = self.replicas.get(shard)
             if replica is None:
@@ -517,13 +516,14 @@ class Node:
                 for message in rd.messages:  # appends leave now, the rest after the fsync
                     if message.type == MessageType.APPEND:
                         self._send_one(message)
-                        appends = True
                     else:
                         later.append(message)
                 rd.messages = later
             readies.append((replica, rd))
-        if appends:  # before this node encodes its records: W1 x1.08 side by side
-            self._flush_links()  # (docs/PERFORMANCE.md, session 12)
+        # The appends leave before this node encodes its own records: W1 x1.08 side by
+        # side (docs/PERFORMANCE.md, session 12). Nothing else queues a Raft message
+        # before the fsync, so this is the fsync's one flush.
+        self._flush_links()
         batch = []
         for replica, rd in readies:
             shard = replica.shard
@@ -537,14 +537,13 @@ class Node:
             if leads:
                 self._apply(replica, rd)
             batch.append((replica, rd, leads))
-        # What may leave before the fsync does: a leader's appends, and answers to
-        # entries already committed (durable on a quorum) and to reads. The answers
-        # leave now in any case, not after the rest of the turn.
+        # What may leave before the fsync does besides the appends: answers to entries
+        # already committed (durable on a quorum) and to reads. They leave now in any
+        # case, not after the rest of the turn.
         if self.answers_waiting:
             for connection in list(self.answers_waiting):
                 connection.flush()
         if storage.pending():
-            self._flush_links()
             storage.sync()  # inline: a thread hand-off measured slower (PERFORMANCE.md)
             self.counters["syncs"] += 1
         for _, rd, _ in batch:

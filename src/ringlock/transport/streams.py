@@ -39,19 +39,16 @@ class DirectReader(asyncio.StreamReader):
         """Chunks that came before `consume`: those of a loop iteration or two (the
         serving task starts in the iteration after the connection is made)."""
         self._early_bytes = 0
-        self._early_paused = False
+        """Their size: past MAX_EARLY_BYTES, the socket is paused until `consume`."""
 
     def feed_data(self, data: Any) -> None:  # the protocol's data_received calls this
         if self.exception() is not None:  # the stream has ended
             return
         if self._consumer is None:
             self._early.append(data)
-            self._early_bytes += len(data)
-            transport = self._socket()
-            if (self._early_bytes > MAX_EARLY_BYTES and not self._early_paused
-                    and transport is not None):
-                transport.pause_reading()
-                self._early_paused = True
+            before, self._early_bytes = self._early_bytes, self._early_bytes + len(data)
+            if before <= MAX_EARLY_BYTES < self._early_bytes:  # crossed it: pause once
+                self._socket().pause_reading()
             return
         try:
             self._consumer(data)
@@ -59,8 +56,9 @@ class DirectReader(asyncio.StreamReader):
             self.set_exception(error)
 
     def _socket(self) -> Any:
-        """The transport the protocol gave (`StreamReader.set_transport`), or None."""
-        return getattr(self, "_transport", None)
+        """The transport the protocol gave (`StreamReader.set_transport`): it is set
+        when the connection is made, before any byte is fed."""
+        return self._transport  # type: ignore[attr-defined]
 
     async def consume(self, consumer: Consumer) -> None:
         """Hand every chunk to `consumer`, from those that came first; return at the end
@@ -68,9 +66,8 @@ class DirectReader(asyncio.StreamReader):
         invariant(self._consumer is None, "a DirectReader has one consumer")
         early, self._early = self._early, []
         self._consumer = consumer
-        if self._early_paused:  # before the early bytes: a pause their consumer makes
-            self._early_paused = False  # (its own backpressure) must stand
-            self._socket().resume_reading()
+        if self._early_bytes > MAX_EARLY_BYTES:  # before the early bytes: a pause their
+            self._socket().resume_reading()  # consumer makes (backpressure) must stand
         for data in early:
             self.feed_data(data)
         # Nothing reaches the base class's buffer: this wakes only at EOF or an error.
